@@ -1,0 +1,187 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PeftSharp.IO;
+using PeftSharp.Methods;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Adapters;
+
+/// <summary>
+/// Hugging Face PEFT's adapter directory: <c>adapter_config.json</c> (PEFT's field names and values) and
+/// <c>adapter_model.safetensors</c> with keys <c>base_model.model.&lt;module path&gt;.&lt;tensor name&gt;</c>, no adapter
+/// name inside keys. Loading checks the whole file against the model before anything changes.
+/// </summary>
+public static class AdapterFiles
+{
+    public const string ConfigFileName = "adapter_config.json";
+    public const string WeightsFileName = "adapter_model.safetensors";
+    public const string KeyPrefix = "base_model.model.";
+
+    /// <summary>Reads and validates <c>adapter_config.json</c> in <paramref name="directory"/>.</summary>
+    public static AdapterConfig ReadConfig(string directory)
+    {
+        var (configPath, _) = Paths(directory);
+        JsonObject json;
+        try
+        {
+            json = JsonNode.Parse(File.ReadAllText(configPath)) as JsonObject
+                ?? throw new AdapterConfigException($"{configPath}: expected a JSON object.");
+        }
+        catch (JsonException e)
+        {
+            throw new AdapterConfigException($"{configPath}: not valid JSON ({e.Message}).");
+        }
+        var config = MethodList.ConfigFromPeftJson(json, configPath);
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new AdapterConfigException($"{configPath}: {e.Message}");
+        }
+        return config;
+    }
+
+    static (string Config, string Weights) Paths(string directory)
+    {
+        if (!Directory.Exists(directory))
+            throw new DirectoryNotFoundException($"No adapter directory at {directory} (it should hold {ConfigFileName} and {WeightsFileName}).");
+        var config = Path.Combine(directory, ConfigFileName);
+        var weights = Path.Combine(directory, WeightsFileName);
+        if (!File.Exists(config))
+            throw new FileNotFoundException($"{directory} has no {ConfigFileName}; a PEFT adapter directory holds {ConfigFileName} and {WeightsFileName}.", config);
+        if (!File.Exists(weights))
+            throw new FileNotFoundException(File.Exists(Path.Combine(directory, "adapter_model.bin"))
+                ? $"{directory} holds adapter_model.bin (a pickle); PeftSharp reads {WeightsFileName}: re-save it with safe_serialization=True."
+                : $"{directory} has no {WeightsFileName}.", weights);
+        return (config, weights);
+    }
+
+    internal static void Save(PeftModel peft, string adapterName, string directory, bool asPlainDelta)
+    {
+        var config = peft.Config(adapterName);
+        using var scope = NewDisposeScope();
+        var tensors = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        var layers = peft.Layers.Where(l => l.Contains(adapterName)).ToList();
+        foreach (var layer in layers)
+            foreach (var (name, value) in layer[adapterName].TensorsForFile(asPlainDelta))
+                tensors[KeyPrefix + layer.Path + "." + name] = value;
+        foreach (var wrapper in peft.SavedModules.Where(w => w.Contains(adapterName)))
+            foreach (var (name, parameter) in wrapper[adapterName].named_parameters())
+                tensors[KeyPrefix + wrapper.Path + "." + name] = parameter;
+        var parameters = peft.Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var path in peft.TrainableBaseParameters(adapterName))
+            tensors[KeyPrefix + path] = parameters[path];
+
+        Directory.CreateDirectory(directory);
+        SafeTensors.Save(Path.Combine(directory, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), PeftJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+    }
+
+    internal static void Load(PeftModel peft, string directory, string adapterName)
+    {
+        var (_, weightsPath) = Paths(directory);
+        var config = ReadConfig(directory);
+
+        TargetSelection selection;
+        try
+        {
+            selection = TargetMatcher.Select(peft.Model, config, config.CanHold);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"{Path.Combine(directory, ConfigFileName)} does not fit this model: {e.Message}", e);
+        }
+
+        var adapters = peft.CreateAdapters(config, selection.Matched, initialize: false);
+        Dictionary<string, Tensor>? values = null;
+        try
+        {
+            // Every tensor the model needs from the file, with the parameter it goes into.
+            var expected = new Dictionary<string, (Tensor Target, string What)>();
+            foreach (var (path, adapter) in adapters)
+                foreach (var (name, parameter) in adapter.named_parameters())
+                    expected[KeyPrefix + path + "." + name] = (parameter, $"{name} of '{path}' ({adapter.MethodName}, rank {adapter.Rank})");
+            var savedModulePaths = peft.ModulesToSavePaths(config);
+            foreach (var path in savedModulePaths)
+                foreach (var (name, parameter) in peft.BaseLayerAt(path).named_parameters())
+                    expected[KeyPrefix + path + "." + name] = (parameter, $"{name} of modules_to_save '{path}'");
+            // Base parameters the config trains and saves (LoRA bias modes), under the paths they will have once the
+            // targets are wrapped ('<path>.bias' becomes '<path>.base_layer.bias', as in PEFT's keys).
+            var modelParameters = peft.Model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+            var wrappedPaths = peft.BaseParameterPaths()
+                .Where(p => !savedModulePaths.Any(s => p.StartsWith(s + ".", StringComparison.Ordinal)))
+                .ToDictionary(p => WrappedPath(p, selection.Matched, peft), p => p);
+            foreach (var path in config.TrainableBaseParameters(wrappedPaths.Keys, selection.Matched))
+                expected[KeyPrefix + path] = (modelParameters[wrappedPaths[path]], $"base parameter '{path}'");
+
+            var (infos, _) = SafeTensors.ReadHeader(weightsPath);
+            var inFile = infos.ToDictionary(i => i.Name);
+            var missing = expected.Keys.Where(k => !inFile.ContainsKey(k)).ToList();
+            if (missing.Count > 0)
+                throw new AdapterFileException(
+                    $"{weightsPath}: missing tensor '{missing[0]}' ({expected[missing[0]].What}, shape [{string.Join(", ", expected[missing[0]].Target.shape)}])" +
+                    (missing.Count > 1 ? $" and {missing.Count - 1} more" : "") + $". The file has: {string.Join(", ", inFile.Keys.Take(4))}{(inFile.Count > 4 ? ", ..." : "")}.");
+            var unexpected = inFile.Keys.Where(k => !expected.ContainsKey(k)).ToList();
+            if (unexpected.Count > 0)
+                throw new AdapterFileException(
+                    $"{weightsPath}: tensor '{unexpected[0]}' does not belong to any module this adapter targets in the model" +
+                    (unexpected.Count > 1 ? $" ({unexpected.Count - 1} more like it)" : "") +
+                    $"; expected keys look like '{expected.Keys.First()}'. Was the adapter trained on a model with other module names?");
+            foreach (var (key, (target, what)) in expected)
+            {
+                var shape = inFile[key].Shape;
+                if (!shape.SequenceEqual(target.shape))
+                    throw new AdapterFileException(
+                        $"{weightsPath}: tensor '{key}' has shape [{string.Join(", ", shape)}] but {what} needs [{string.Join(", ", target.shape)}].");
+            }
+
+            values = SafeTensors.Load(weightsPath);
+            using (no_grad())
+                foreach (var (path, adapter) in adapters)
+                    foreach (var (name, parameter) in adapter.named_parameters())
+                        parameter.copy_(values[KeyPrefix + path + "." + name]);
+        }
+        catch
+        {
+            foreach (var a in adapters.Values) a.Dispose();
+            DisposeAll(values);
+            throw;
+        }
+
+        try
+        {
+            peft.Commit(adapterName, config, adapters, initialize: false, afterAttach: copies =>
+            {
+                using var _ = no_grad();
+                foreach (var (path, copy) in copies)
+                    foreach (var (name, parameter) in copy.named_parameters())
+                        parameter.copy_(values[KeyPrefix + path + "." + name]);
+                var parameters = peft.Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+                foreach (var path in peft.TrainableBaseParameters(adapterName))
+                    parameters[path].copy_(values[KeyPrefix + path]);
+            });
+        }
+        finally
+        {
+            DisposeAll(values);
+        }
+    }
+
+    // A base parameter's path once its layer is wrapped: '<target>.x' becomes '<target>.base_layer.x'.
+    static string WrappedPath(string path, IReadOnlyList<string> targets, PeftModel peft)
+    {
+        foreach (var target in targets)
+            if (path.StartsWith(target + ".", StringComparison.Ordinal) && ModuleSurgery.Get(peft.Model, target) is not AdapterLayer)
+                return target + ".base_layer" + path[target.Length..];
+        return path;
+    }
+
+    static void DisposeAll(Dictionary<string, Tensor>? values)
+    {
+        if (values is null) return;
+        foreach (var t in values.Values) t.Dispose();
+    }
+}

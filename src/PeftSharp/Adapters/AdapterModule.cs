@@ -1,0 +1,98 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Adapters;
+
+/// <summary>
+/// One named adapter's tensors at one layer (e.g. LoRA's <c>lora_A</c> and <c>lora_B</c>). Its parameter names are
+/// the names Hugging Face PEFT writes after the module path, so a file key is
+/// <c>base_model.model.&lt;layer path&gt;.&lt;parameter name&gt;</c>. An <see cref="AdapterLayer"/> owns several of these.
+/// </summary>
+public abstract class AdapterModule : Module
+{
+    protected AdapterModule(string name) : base(name) { }
+
+    /// <summary>The method's name, e.g. "lora" or "dora".</summary>
+    public abstract string MethodName { get; }
+
+    /// <summary>The adapter's rank where the method has one (shown in summaries), else null.</summary>
+    public virtual int? Rank => null;
+
+    /// <summary>
+    /// Adds this adapter's effect to <paramref name="result"/>, the layer output so far (base output plus the
+    /// adapters applied before this one), for input <paramref name="x"/>. May write into <paramref name="result"/>
+    /// in place and return it: the layer guarantees it owns that tensor.
+    /// </summary>
+    public abstract Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer);
+
+    /// <summary>True when the adapter can be folded into the base weights.</summary>
+    public virtual bool CanMerge => false;
+
+    /// <summary>Why this adapter cannot merge (shown when a merge is asked for).</summary>
+    public virtual string CannotMergeReason => $"{MethodName} changes the layer's output, not its weights, so it cannot be folded into them.";
+
+    /// <summary>The base weight with this adapter folded in, computed without changing anything, so a safe merge
+    /// can check it before writing.</summary>
+    public virtual Tensor MergedWeight(Module<Tensor, Tensor> baseLayer) => throw new NotSupportedException(CannotMergeReason);
+
+    /// <summary>Writes <paramref name="mergedWeight"/> (from <see cref="MergedWeight"/>) into the base layer and keeps
+    /// what unmerging needs.</summary>
+    public virtual void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
+    {
+        using var _ = no_grad();
+        BaseWeight(baseLayer).copy_(mergedWeight);
+    }
+
+    /// <summary>Restores the base layer as it was before <see cref="Merge"/>.</summary>
+    public virtual void Unmerge(Module<Tensor, Tensor> baseLayer) => throw new NotSupportedException(CannotMergeReason);
+
+    /// <summary>The change this adapter makes to the base weight (same shape as it), for analysis and merging;
+    /// null for methods that do not change weights.</summary>
+    public virtual Tensor? DeltaWeight(Module<Tensor, Tensor> baseLayer) => null;
+
+    /// <summary>Called once the adapter sits in its layer and every other target succeeded: the place for an
+    /// initialisation that changes the base weights (PiSSA and OLoRA write the residual here).</summary>
+    public virtual void OnAttached(Module<Tensor, Tensor> baseLayer) { }
+
+    /// <summary>
+    /// The tensors written to <c>adapter_model.safetensors</c>, keyed by their name after the layer path
+    /// (e.g. <c>lora_A.weight</c>). By default every parameter under its own name. With
+    /// <paramref name="asPlainDelta"/> an adapter whose initialisation changed the base weights returns the
+    /// equivalent adapter for the original weights (PEFT's PiSSA/OLoRA conversion).
+    /// </summary>
+    public virtual IEnumerable<(string Name, Tensor Value)> TensorsForFile(bool asPlainDelta) =>
+        named_parameters().Select(p => (p.name, (Tensor)p.parameter));
+
+    /// <summary>The base layer's <c>weight</c> parameter.</summary>
+    public static Parameter BaseWeight(Module<Tensor, Tensor> baseLayer) =>
+        baseLayer.get_parameter("weight") ?? throw new InvalidOperationException($"{baseLayer.GetType().Name} has no 'weight' parameter.");
+}
+
+/// <summary>An adapter whose effect is an additive weight change W' = W + dW: merge and unmerge follow from
+/// <see cref="DeltaWeight"/>.</summary>
+public abstract class WeightDeltaAdapter : AdapterModule
+{
+    protected WeightDeltaAdapter(string name) : base(name) { }
+
+    public override bool CanMerge => true;
+
+    public abstract override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer);
+
+    public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer)
+    {
+        using var _ = no_grad();
+        var weight = BaseWeight(baseLayer);
+        using var delta = DeltaWeight(baseLayer);
+        return weight + delta.to(weight.dtype);
+    }
+
+    public override void Unmerge(Module<Tensor, Tensor> baseLayer)
+    {
+        using var _ = no_grad();
+        var weight = BaseWeight(baseLayer);
+        using var delta = DeltaWeight(baseLayer);
+        weight.sub_(delta.to(weight.dtype));
+    }
+}

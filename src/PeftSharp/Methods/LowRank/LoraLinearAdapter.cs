@@ -1,0 +1,157 @@
+using PeftSharp.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Methods.LowRank;
+
+/// <summary>
+/// LoRA on a Linear layer: result += s · B (A · dropout(x)). Tensors are named as PEFT names them
+/// (<c>lora_A.weight</c> [r, in], <c>lora_B.weight</c> [out, r], <c>lora_B.bias</c> with lora_bias).
+/// </summary>
+public class LoraLinearAdapter : WeightDeltaAdapter
+{
+    protected readonly Linear lora_A;
+    protected readonly Linear lora_B;
+    protected readonly Dropout? lora_dropout;
+
+    // PiSSA / OLoRA: the initial A and B (to save the adapter as a plain LoRA on the original weights) and the
+    // residual the base weight takes once the adapter is attached.
+    Tensor? _initialA, _initialB, _pendingResidual;
+
+    public LoraLinearAdapter(int r, double scaling, double dropout, bool loraBias, Tensor baseWeight, LoraInit? init)
+        : base(nameof(LoraLinearAdapter))
+    {
+        R = r;
+        Scaling = scaling;
+        long outFeatures = baseWeight.shape[0], inFeatures = baseWeight.shape[1];
+        lora_A = Linear(inFeatures, r, hasBias: false, device: baseWeight.device, dtype: baseWeight.dtype);
+        lora_B = Linear(r, outFeatures, hasBias: loraBias, device: baseWeight.device, dtype: baseWeight.dtype);
+        register_module("lora_A", lora_A);
+        register_module("lora_B", lora_B);
+        if (dropout > 0)
+        {
+            lora_dropout = Dropout(dropout);
+            register_module("lora_dropout", lora_dropout);
+        }
+        if (init is not null) Initialize(init, baseWeight);
+    }
+
+    public override string MethodName => "lora";
+
+    public int R { get; }
+
+    public override int? Rank => R;
+
+    /// <summary>s = alpha / r (or alpha / √r with rsLoRA).</summary>
+    public double Scaling { get; }
+
+    public Parameter A => lora_A.weight!;
+
+    public Parameter B => lora_B.weight!;
+
+    void Initialize(LoraInit init, Tensor baseWeight)
+    {
+        using var _ = no_grad();
+        if (init == LoraInit.Default)
+        {
+            init_kaiming(lora_A.weight!);
+            nn.init.zeros_(lora_B.weight!);
+        }
+        else if (init == LoraInit.Gaussian)
+        {
+            nn.init.normal_(lora_A.weight!, std: 1.0 / R);
+            nn.init.zeros_(lora_B.weight!);
+        }
+        else if (init == LoraInit.Random)
+        {
+            // nn.Linear's own initialisation for both: the adapter is not the identity.
+        }
+        else if (init.ChangesBaseWeights)
+        {
+            var (a, b, residual) = init == LoraInit.Olora
+                ? LowRankInit.Olora(baseWeight, R, Scaling)
+                : LowRankInit.Pissa(baseWeight, R, Scaling, init.PissaIterations);
+            lora_A.weight!.copy_(a);
+            lora_B.weight!.copy_(b);
+            _initialA = a;
+            _initialB = b;
+            _pendingResidual = residual;
+        }
+        else throw new ArgumentOutOfRangeException(nameof(init), init.Name, $"init_lora_weights '{init.Name}' is not available here.");
+        if (lora_B.bias is { } bias) nn.init.zeros_(bias);
+
+        static void init_kaiming(Tensor t) => nn.init.kaiming_uniform_(t, a: Math.Sqrt(5));
+    }
+
+    public override void OnAttached(Module<Tensor, Tensor> baseLayer)
+    {
+        if (_pendingResidual is null) return;
+        using (no_grad()) BaseWeight(baseLayer).copy_(_pendingResidual);
+        _pendingResidual.Dispose();
+        _pendingResidual = null;
+    }
+
+    public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
+    {
+        var input = lora_dropout is null ? x : lora_dropout.call(x);
+        var hidden = functional.linear(input, lora_A.weight!);                   // (..., r)
+        // result (..., out) += s · hidden Bᵀ, added in place on 2-D views: no full-size temporary is made, which is
+        // what lets a LoRA step beat a full fine-tuning step (STACK.md: ~0.83x vs ~1.0x for y + s·(x Aᵀ) Bᵀ).
+        var result2d = result.view(-1, result.shape[^1]);                        // (N, out)
+        result2d.addmm_(hidden.view(-1, R), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+        if (lora_B.bias is { } bias) result.add_(bias, alpha: Scaling);
+        return result;
+    }
+
+    /// <summary>dW = s · B A (out × in).</summary>
+    public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
+    {
+        using var _ = no_grad();
+        return lora_B.weight!.matmul(lora_A.weight!).mul_(Scaling);
+    }
+
+    public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer) => base.MergedWeight(baseLayer);
+
+    public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
+    {
+        base.Merge(baseLayer, mergedWeight);
+        if (lora_B.bias is { } bias)
+            using (no_grad()) BaseBias(baseLayer).add_(bias, alpha: Scaling);
+    }
+
+    public override void Unmerge(Module<Tensor, Tensor> baseLayer)
+    {
+        base.Unmerge(baseLayer);
+        if (lora_B.bias is { } bias)
+            using (no_grad()) BaseBias(baseLayer).add_(bias, alpha: -Scaling);
+    }
+
+    static Parameter BaseBias(Module<Tensor, Tensor> baseLayer) =>
+        baseLayer.get_parameter("bias") ?? throw new NotSupportedException("lora_bias needs a base layer with a bias to merge into.");
+
+    public override IEnumerable<(string Name, Tensor Value)> TensorsForFile(bool asPlainDelta)
+    {
+        if (!asPlainDelta || _initialA is null || _initialB is null)
+        {
+            foreach (var p in base.TensorsForFile(asPlainDelta)) yield return p;
+            yield break;
+        }
+        // PEFT's PiSSA/OLoRA conversion: s(B A − B0 A0) = s [B, −B0] [A; A0], a rank-2r LoRA on the original W.
+        yield return ("lora_A.weight", cat([lora_A.weight!.detach(), _initialA], 0));
+        yield return ("lora_B.weight", cat([lora_B.weight!.detach(), -_initialB], 1));
+        if (lora_B.bias is { } bias) yield return ("lora_B.bias", bias);
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _initialA?.Dispose();
+            _initialB?.Dispose();
+            _pendingResidual?.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,74 @@
+using System.Runtime.InteropServices;
+
+namespace PeftSharp.Native;
+
+/// <summary>
+/// Makes TorchSharp's native library loadable in processes that did not go through this repository's build
+/// (notebooks loading TorchSharp with <c>#r "nuget: ..."</c> use the copies in the NuGet cache). Call
+/// <see cref="EnsureLoadable"/> before the first TorchSharp call in the process: once TorchSharp has failed to
+/// initialise it stays broken until the process restarts. Does nothing where no fix is needed.
+/// </summary>
+public static class TorchSharpNative
+{
+    static readonly object Gate = new();
+    static bool _done;
+
+    /// <summary>Paths patched (or found already patched) by the last call; empty when no fix was needed.</summary>
+    public static IReadOnlyList<string> PatchedFiles { get; private set; } = Array.Empty<string>();
+
+    /// <summary>
+    /// Patches every copy of libLibTorchSharp.so that TorchSharp may load: next to TorchSharp.dll, in its
+    /// <c>cpu/</c> folder (TorchSharp copies natives there on first use from a NuGet cache), and in the package's
+    /// <c>runtimes/linux-x64/native</c> folder. Safe to call many times and from several threads.
+    /// </summary>
+    public static void EnsureLoadable()
+    {
+        lock (Gate)
+        {
+            if (_done) return;
+            _done = true;
+            if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux)) return;
+            if (!ElfVersionNeedPatcher.SystemLibStdCxxLacks(ElfVersionNeedPatcher.TorchSharpMissingVersion)) return;
+
+            var patched = new List<string>();
+            foreach (var path in CandidatePaths().Distinct())
+            {
+                if (!File.Exists(path)) continue;
+                try
+                {
+                    ElfVersionNeedPatcher.MarkVersionNeedWeak(path, ElfVersionNeedPatcher.TorchSharpMissingVersion);
+                    patched.Add(path);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new InvalidOperationException(
+                        $"TorchSharp's native library at {path} needs {ElfVersionNeedPatcher.TorchSharpMissingVersion}, " +
+                        $"which this system's libstdc++ lacks, and it could not be patched ({e.Message}). " +
+                        "Make the file writable, or install a libstdc++ from GCC 13 or later.", e);
+                }
+            }
+            PatchedFiles = patched;
+        }
+    }
+
+    static IEnumerable<string> CandidatePaths()
+    {
+        const string lib = "libLibTorchSharp.so";
+        // typeof(...).Assembly does not run TorchSharp's static constructor, so this is safe before any tensor.
+        var torchSharpDir = Path.GetDirectoryName(typeof(TorchSharp.torch).Assembly.Location);
+        var folders = new List<string> { AppContext.BaseDirectory };
+        if (!string.IsNullOrEmpty(torchSharpDir))
+        {
+            folders.Add(torchSharpDir);
+            // NuGet cache layout: torchsharp/<version>/lib/net8.0/TorchSharp.dll and .../runtimes/linux-x64/native.
+            var packageRoot = Path.GetFullPath(Path.Combine(torchSharpDir, "..", ".."));
+            folders.Add(Path.Combine(packageRoot, "runtimes", "linux-x64", "native"));
+        }
+        foreach (var folder in folders)
+        {
+            yield return Path.Combine(folder, lib);
+            yield return Path.Combine(folder, "cpu", lib);
+            yield return Path.Combine(folder, "runtimes", "linux-x64", "native", lib);
+        }
+    }
+}
