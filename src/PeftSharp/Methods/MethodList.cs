@@ -28,7 +28,7 @@ public static class MethodList
     static readonly MethodParameter[] LoraParameters =
     [
         new("rank", "int", "8", "r: the rank of B A"),
-        new("alpha", "float", "= rank", "lora_alpha: scale s = alpha / r"),
+        new("alpha", "float", "rank", "lora_alpha: scale s = alpha / r"),
         new("dropout", "float", "0", "lora_dropout on the adapter input"),
         new("rslora", "bool", "false", "use_rslora: s = alpha / sqrt(r)"),
         new("init", "string", "true", "init_lora_weights: true | false | gaussian | pissa | pissa_niter_N | olora"),

@@ -1,0 +1,93 @@
+using PeftSharp.Lab.Commands;
+
+namespace PeftSharp.Lab;
+
+/// <summary>The lab's command line: a verb (and sub-verb) followed by arguments and --options.</summary>
+static class Cli
+{
+    const string Usage = """
+        PeftSharp Lab
+
+        usage:
+          methods [--json]                  list the methods the library has
+          adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
+          demo lora [--steps N]             train a LoRA on a small built-in task and report
+          bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
+        """;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var arguments = Arguments.Parse(args);
+        try
+        {
+            return arguments.Verb switch
+            {
+                "methods" => MethodsCommand.Run(arguments),
+                "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
+                "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
+                "bench" when arguments.Next("bench") == "lora" => await BenchCommand.RunAsync(arguments),
+                null or "help" or "--help" or "-h" => Help(0),
+                _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
+            };
+        }
+        catch (Exception e) when (e is ArgumentException or IOException or InvalidOperationException or NotSupportedException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+
+    static int Help(int code, string? message = null)
+    {
+        if (message is not null) Console.Error.WriteLine(message);
+        (code == 0 ? Console.Out : Console.Error).WriteLine(Usage);
+        return code;
+    }
+}
+
+/// <summary>Positional words and --name value / --flag options.</summary>
+sealed class Arguments
+{
+    readonly List<string> _words = [];
+    readonly Dictionary<string, string?> _options = [];
+
+    public static Arguments Parse(string[] args)
+    {
+        var parsed = new Arguments();
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i].StartsWith("--", StringComparison.Ordinal))
+            {
+                var name = args[i][2..];
+                string? value = i + 1 < args.Length && !args[i + 1].StartsWith("--", StringComparison.Ordinal) && IsValued(name) ? args[++i] : null;
+                parsed._options[name] = value;
+            }
+            else parsed._words.Add(args[i]);
+        }
+        return parsed;
+    }
+
+    // Options that take a value; every other --option is a flag.
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout";
+
+    public string? Verb => _words.Count > 0 ? _words[0] : null;
+
+    /// <summary>The word after <paramref name="word"/>.</summary>
+    public string? Next(string word)
+    {
+        int i = _words.IndexOf(word);
+        return i >= 0 && i + 1 < _words.Count ? _words[i + 1] : null;
+    }
+
+    public IReadOnlyList<string> Words => _words;
+
+    public bool Flag(string name) => _options.ContainsKey(name);
+
+    public int Int(string name, int fallback)
+    {
+        if (!_options.TryGetValue(name, out var value) || value is null) return fallback;
+        return int.TryParse(value, out var n) && n > 0 ? n : throw new ArgumentException($"--{name} needs a positive whole number, not '{value}'.");
+    }
+
+    public string? Text(string name) => _options.TryGetValue(name, out var value) ? value : null;
+}

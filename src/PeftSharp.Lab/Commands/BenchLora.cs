@@ -1,0 +1,200 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using PeftSharp.Adapters;
+using PeftSharp.Methods.LowRank;
+using PeftSharp.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Lab.Commands;
+
+/// <summary>
+/// <c>bench lora</c>: on a pre-LN transformer (d_model 512, 4 layers, 8 heads, FFN 2048) and a (32, 128, 512) input,
+/// measures in one process the median time and the peak memory of base inference, a head-only training step, a LoRA
+/// r=8 (q, k, v, o, fc1, fc2) training step, a full fine-tuning step, unmerged LoRA inference and merged inference.
+/// The configurations run interleaved, round after round, so drift of the machine touches all alike. Prints one JSON
+/// line with the ratios the issue sets targets for.
+/// </summary>
+static class BenchLora
+{
+    public static int Run(Arguments arguments)
+    {
+        bool quick = arguments.Flag("quick");
+        int rounds = arguments.Int("repeats", quick ? 2 : 5);
+        int threads = arguments.Int("threads", 2);
+        set_num_threads(threads);
+        Memory.ReturnFreedMemory();
+        var options = new TransformerOptions(DModel: 512, Heads: 8, Ffn: 2048, Layers: 4, Outputs: 16);
+        long batch = quick ? 4 : 32, length = quick ? 32 : 128;
+
+        manual_seed(0);
+        var input = randn(batch, length, options.DModel);
+        var target = randn(batch, length, options.Outputs);
+
+        // One model per configuration, all with the same base weights.
+        TinyTransformer NewModel()
+        {
+            manual_seed(1);
+            var m = new TinyTransformer(options);
+            m.eval();
+            return m;
+        }
+        var loraConfig = new LoraConfig { TargetModules = ["q", "k", "v", "o", "fc1", "fc2"], R = 8, LoraAlpha = 16 };
+
+        var fullModel = NewModel();
+        var full = Optimizer(fullModel);
+
+        var headModel = NewModel();
+        foreach (var (name, p) in headModel.named_parameters()) p.requires_grad = name.StartsWith("head.", StringComparison.Ordinal);
+        var head = Optimizer(headModel);
+
+        var loraModel = NewModel();
+        var loraPeft = PeftModel.Create(loraModel, loraConfig);
+        PerturbB(loraPeft);
+        var lora = Optimizer(loraModel);
+
+        var mergedModel = NewModel();
+        var mergedPeft = PeftModel.Create(mergedModel, loraConfig);
+        PerturbB(mergedPeft);
+        mergedPeft.Merge();
+
+        var baseModel = NewModel();
+        var configurations = new (string Name, Action Run)[]
+        {
+            ("base_inference", () => Infer(baseModel, input)),
+            ("head_only_step", () => TrainStep(headModel, head, input, target)),
+            ("lora_step", () => TrainStep(loraModel, lora, input, target)),
+            ("full_finetune_step", () => TrainStep(fullModel, full, input, target)),
+            ("lora_unmerged_inference", () => Infer(loraModel, input)),
+            ("lora_merged_inference", () => Infer(mergedModel, input)),
+        };
+
+        foreach (var (_, run) in configurations) run();   // warm-up: optimizer state, allocator, kernels
+        var seconds = configurations.ToDictionary(c => c.Name, _ => new List<double>());
+        var peaks = configurations.ToDictionary(c => c.Name, _ => new List<long>());
+        for (int round = 0; round < rounds; round++)
+        {
+            foreach (var (name, run) in configurations)
+            {
+                GC.Collect();
+                Memory.ResetPeak();
+                long before = Memory.Resident();
+                var clock = Stopwatch.StartNew();
+                run();
+                seconds[name].Add(clock.Elapsed.TotalSeconds);
+                peaks[name].Add(Math.Max(0, Memory.Peak() - before));
+                Console.Error.WriteLine($"round {round + 1}/{rounds} {name,-24} {clock.Elapsed.TotalSeconds:0.000} s  +{(Memory.Peak() - before) / 1e6:0} MB");
+            }
+        }
+
+        double T(string name) => Median(seconds[name]);
+        double M(string name) => Median(peaks[name].Select(p => (double)p).ToList());
+        var result = new Dictionary<string, object>
+        {
+            ["bench"] = "lora",
+            ["shape"] = new[] { batch, length, options.DModel },
+            ["model"] = $"pre-LN transformer d={options.DModel} layers={options.Layers} heads={options.Heads} ffn={options.Ffn}",
+            ["lora"] = "r=8 alpha=16 on q,k,v,o,fc1,fc2",
+            ["threads"] = threads,
+            ["rounds"] = rounds,
+            ["seconds"] = configurations.ToDictionary(c => c.Name, c => Math.Round(T(c.Name), 4)),
+            ["peak_mb_over_start"] = configurations.ToDictionary(c => c.Name, c => Math.Round(M(c.Name) / 1e6, 1)),
+            ["trainable_parameters"] = new Dictionary<string, long>
+            {
+                ["head_only"] = Trainable(headModel), ["lora"] = Trainable(loraModel), ["full"] = Trainable(fullModel),
+            },
+            ["ratios"] = new Dictionary<string, double>
+            {
+                ["lora_step_vs_full_step"] = Math.Round(T("lora_step") / T("full_finetune_step"), 3),
+                ["head_step_vs_full_step"] = Math.Round(T("head_only_step") / T("full_finetune_step"), 3),
+                ["lora_unmerged_vs_base_inference"] = Math.Round(T("lora_unmerged_inference") / T("base_inference"), 3),
+                ["lora_merged_vs_base_inference"] = Math.Round(T("lora_merged_inference") / T("base_inference"), 3),
+                ["lora_step_peak_vs_full_step_peak"] = Math.Round(M("lora_step") / M("full_finetune_step"), 3),
+            },
+            ["targets"] = new Dictionary<string, double>
+            {
+                ["lora_step_vs_full_step"] = 0.80, ["lora_unmerged_vs_base_inference"] = 1.10,
+                ["lora_merged_vs_base_inference"] = 1.03, ["lora_step_peak_vs_full_step_peak"] = 0.85,
+            },
+        };
+        Console.WriteLine(JsonSerializer.Serialize(result));
+        return 0;
+    }
+
+    static optim.Optimizer Optimizer(Module model) =>
+        optim.AdamW(model.parameters().Where(p => p.requires_grad), lr: 1e-4);
+
+    // B = 0 at init would let a clever kernel skip work; give the adapters realistic, non-zero values.
+    static void PerturbB(PeftModel peft)
+    {
+        using var _ = no_grad();
+        foreach (var layer in peft.Layers)
+            foreach (var (name, p) in layer["default"].named_parameters())
+                if (name.StartsWith("lora_B", StringComparison.Ordinal)) p.normal_(0, 0.01);
+    }
+
+    static void TrainStep(Module<Tensor, Tensor> model, optim.Optimizer optimizer, Tensor input, Tensor target)
+    {
+        using var scope = NewDisposeScope();
+        model.train();
+        optimizer.zero_grad();
+        functional.mse_loss(model.call(input), target).backward();
+        optimizer.step();
+        model.eval();
+    }
+
+    static void Infer(Module<Tensor, Tensor> model, Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        model.call(input);
+    }
+
+    static long Trainable(Module model) => model.parameters().Where(p => p.requires_grad).Sum(p => p.numel());
+
+    static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+
+    /// <summary>Process memory on Linux: resident size, and the peak since the last reset (VmHWM).</summary>
+    static class Memory
+    {
+        [DllImport("libc", SetLastError = true)]
+        static extern int mallopt(int param, int value);
+
+        const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3;
+
+        /// <summary>Large blocks straight from mmap and back at free, so resident memory follows live tensors
+        /// (glibc otherwise raises its mmap threshold and keeps freed blocks, hiding each configuration's peak).</summary>
+        public static void ReturnFreedMemory()
+        {
+            if (!OperatingSystem.IsLinux()) return;
+            mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+            mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+        }
+
+        public static void ResetPeak()
+        {
+            // "5" resets the peak resident set size (Linux 4.0+); without it the peaks are process-wide.
+            try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+
+        public static long Resident() => Status("VmRSS");
+
+        public static long Peak() => Status("VmHWM");
+
+        static long Status(string field)
+        {
+            if (!OperatingSystem.IsLinux()) return Process.GetCurrentProcess().PeakWorkingSet64;
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith(field + ":", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+            return 0;
+        }
+    }
+}
