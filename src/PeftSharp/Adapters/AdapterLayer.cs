@@ -86,6 +86,8 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
 
         // One scope per layer: intermediates die here (autograd keeps what backward needs), only the output leaves.
         using var scope = NewDisposeScope();
+        if (_active.Count == 1 && _adapters[_active[0]].TryFusedForward(x, _baseLayer) is { } fused)
+            return fused.MoveToOuterDisposeScope();
         var result = OwnedBaseOutput(x);
         foreach (var name in _active)
             result = _adapters[name].Apply(x, result, _baseLayer);

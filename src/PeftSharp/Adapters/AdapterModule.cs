@@ -27,6 +27,12 @@ public abstract class AdapterModule : Module
     /// </summary>
     public abstract Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer);
 
+    /// <summary>
+    /// The layer's whole output (base plus this adapter) computed in one go, when this is the only active adapter and
+    /// the method has a faster fused form for this base layer; null to use base output + <see cref="Apply"/>.
+    /// </summary>
+    public virtual Tensor? TryFusedForward(Tensor x, Module<Tensor, Tensor> baseLayer) => null;
+
     /// <summary>True when the adapter can be folded into the base weights.</summary>
     public virtual bool CanMerge => false;
 

@@ -39,6 +39,9 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
         return linalg.norm(weight + lora.mul_(Scaling), dims: [1]);
     }
 
+    /// <summary>DoRA has no fused form: the magnitude rescales the base output too.</summary>
+    public override Tensor? TryFusedForward(Tensor x, Module<Tensor, Tensor> baseLayer) => null;
+
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {
         var weight = BaseWeight(baseLayer);

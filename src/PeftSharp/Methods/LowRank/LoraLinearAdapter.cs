@@ -96,13 +96,31 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {
         var input = lora_dropout is null ? x : lora_dropout.call(x);
-        var hidden = functional.linear(input, lora_A.weight!);                   // (..., r)
-        // result (..., out) += s · hidden Bᵀ, added in place on 2-D views: no full-size temporary is made, which is
-        // what lets a LoRA step beat a full fine-tuning step (STACK.md: ~0.83x vs ~1.0x for y + s·(x Aᵀ) Bᵀ).
-        var result2d = result.view(-1, result.shape[^1]);                        // (N, out)
-        result2d.addmm_(hidden.view(-1, R), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
-        if (lora_B.bias is { } bias) result.add_(bias, alpha: Scaling);
+        // s is folded into the small (..., r) hidden state and the (..., out) product is added into the result in
+        // place with alpha 1, so backward passes the output gradient through without copying it.
+        var hidden = functional.linear(input, lora_A.weight!).mul_(Scaling);                                  // (..., r)
+        result.add_(functional.linear(hidden, lora_B.weight!, lora_B.bias is null ? null : lora_B.bias * Scaling));   // (..., out)
         return result;
+    }
+
+    /// <summary>
+    /// The whole layer in one autograd node (<see cref="LoraLinearFunction"/>) when this is the only active adapter on
+    /// a frozen Linear and no dropout is in play: less memory at the backward peak, fewer kernels.
+    /// </summary>
+    public override Tensor? TryFusedForward(Tensor x, Module<Tensor, Tensor> baseLayer)
+    {
+        if (baseLayer is not Linear linear || linear.weight!.requires_grad || linear.bias is { requires_grad: true }
+            || lora_B.bias is not null || (lora_dropout is not null && training) || !x.is_floating_point() || x.device_type != DeviceType.CPU)
+            return null;
+        if (!is_grad_enabled() || !(x.requires_grad || lora_A.weight!.requires_grad || lora_B.weight!.requires_grad))
+        {
+            // No graph to build: the same arithmetic, straight.
+            var x2d = x.reshape(-1, x.shape[^1]);
+            var y2d = linear.bias is null ? x2d.mm(linear.weight.t()) : addmm(linear.bias, x2d, linear.weight.t(), 1, 1);
+            y2d.addmm_(x2d.mm(lora_A.weight!.t()), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+            return y2d.view([.. x.shape[..^1], y2d.shape[1]]);
+        }
+        return LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling);
     }
 
     /// <summary>dW = s · B A (out × in).</summary>

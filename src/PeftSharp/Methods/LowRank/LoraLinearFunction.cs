@@ -1,0 +1,77 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Methods.LowRank;
+
+/// <summary>
+/// y = x Wᵀ + b + s·(x Aᵀ) Bᵀ for a frozen Linear (W, b) and one LoRA adapter (A, B) as a single autograd node.
+/// Written by hand because autograd's version of the same sum costs a full-size gradient buffer more per layer: x
+/// feeds both the base and A, so autograd makes dL/dx twice, (N, in) each, and adds them; here dL/dx = g W + s (g B) A
+/// is accumulated in place. Saves only x (which the model keeps anyway) and the small (N, r) hidden state.
+/// </summary>
+/// <remarks>
+/// TorchSharp's custom-function bridge leaves two kinds of managed handles for the garbage collector: the wrapper of
+/// the incoming gradient and the wrappers of the returned gradients (native code copies those right after
+/// <see cref="backward"/> returns). Left alone they keep one (N, out) and one (N, in) buffer per layer alive through
+/// the whole backward pass, more memory than the fusion saves; so the first is disposed here and the second at the
+/// start of the next backward call. TorchSharp also caches an uninitialised tensor the size of each output per node,
+/// which costs no resident memory on the CPU but real memory on a GPU, so the fused path is used on the CPU only.
+/// </remarks>
+sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFunction>
+{
+    static readonly object Gate = new();
+    static List<Tensor> _returnedLastTime = [];
+    public override string Name => "LoraLinear";
+
+    /// <summary>vars: x (..., in), W (out, in), b (out) or null, A (r, in), B (out, r), scaling (double).</summary>
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var weight = (Tensor)vars[1];
+        var bias = vars[2] as Tensor;
+        var a = (Tensor)vars[3];
+        var b = (Tensor)vars[4];
+        var scaling = (double)vars[5];
+
+        var x2d = x.reshape(-1, x.shape[^1]);                                       // (N, in)
+        var y2d = bias is null ? x2d.mm(weight.t()) : addmm(bias, x2d, weight.t(), 1, 1);    // (N, out)
+        var hidden = x2d.mm(a.t());                                                  // (N, r)
+        y2d.addmm_(hidden, b.t(), beta: 1, alpha: (float)scaling);
+        ctx.save_for_backward([x2d, hidden, weight, a, b]);
+        ctx.save_data("scaling", scaling);
+        ctx.save_data("input_shape", x.shape);
+        ctx.save_data("needs", new[] { x.requires_grad, a.requires_grad, b.requires_grad });
+        return y2d.view([.. x.shape[..^1], weight.shape[0]]);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        lock (Gate)
+        {
+            foreach (var t in _returnedLastTime) t.Dispose();
+            _returnedLastTime = [];
+        }
+        // Backward runs outside any caller's scope: without this one every temporary would wait for the collector.
+        using var scope = NewDisposeScope();
+        var saved = ctx.get_saved_variables();
+        var (x2d, hidden, weight, a, b) = (saved[0], saved[1], saved[2], saved[3], saved[4]);
+        var scaling = (double)ctx.get_data("scaling");
+        var shape = (long[])ctx.get_data("input_shape");
+        var needs = (bool[])ctx.get_data("needs");
+
+        var g2d = gradOutput.reshape(-1, gradOutput.shape[^1]);                     // (N, out)
+        var gHidden = g2d.mm(b);                                                     // (N, r): dL/dhidden / s
+        Tensor? gradX = null, gradA = null, gradB = null;
+        if (needs[0])
+        {
+            gradX = g2d.mm(weight);                                                  // (N, in)
+            gradX.addmm_(gHidden, a, beta: 1, alpha: (float)scaling);
+            gradX = gradX.view(shape).MoveToOuterDisposeScope();
+        }
+        if (needs[1]) gradA = gHidden.t().mm(x2d).mul_(scaling).MoveToOuterDisposeScope();   // (r, in)
+        if (needs[2]) gradB = g2d.t().mm(hidden).mul_(scaling).MoveToOuterDisposeScope();    // (out, r)
+        gradOutput.Dispose();
+        lock (Gate) _returnedLastTime = new[] { gradX, gradA, gradB }.OfType<Tensor>().ToList();
+        return [gradX!, null!, null!, gradA!, gradB!, null!];   // one entry per argument, the scaling included
+    }
+}
