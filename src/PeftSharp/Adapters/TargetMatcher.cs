@@ -38,17 +38,20 @@ public static class TargetMatcher
             : exclude.Names!.Any(name => path == name || path.EndsWith("." + name, StringComparison.Ordinal)));
 
     /// <summary>The layer index in a path such as <c>encoder.layer.3.attention.self.query</c> (3), or null.</summary>
+    /// <remarks>PEFT's expressions (<c>.*\.[^.]*\.(\d+)\.</c>, <c>.*\.{pattern}\.(\d+)\.</c>) need a segment before the
+    /// layer list, so they miss a model whose layers sit at the top (<c>layers.3.attn.q</c>); the prefix is optional
+    /// here. Every path PEFT matches gets the same index.</remarks>
     public static int? LayerIndex(string path, IReadOnlyList<string>? layersPattern)
     {
         Match m;
         if (layersPattern is null || layersPattern.Count == 0)
         {
-            m = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.");
+            m = Regex.Match(path, @"^(?:.*\.)?[^.]*\.(\d+)\.");
             return m.Success ? int.Parse(m.Groups[1].Value) : null;
         }
         foreach (var pattern in layersPattern)
         {
-            m = Regex.Match(path, $@"^.*\.{pattern}\.(\d+)\.");
+            m = Regex.Match(path, $@"^(?:.*\.)?{pattern}\.(\d+)\.");
             if (m.Success) return int.Parse(m.Groups[1].Value);
         }
         return null;
