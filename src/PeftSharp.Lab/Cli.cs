@@ -13,6 +13,8 @@ static class Cli
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
           bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
+          bench bert [--model minilm|arctic-xs] [--batch N] [--threads N] [--quick]
+                                            BERT forward throughput, TorchSharp vs ONNX Runtime (one JSON line)
         """;
 
     public static async Task<int> RunAsync(string[] args)
@@ -25,7 +27,7 @@ static class Cli
                 "methods" => MethodsCommand.Run(arguments),
                 "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
-                "bench" when arguments.Next("bench") == "lora" => await BenchCommand.RunAsync(arguments),
+                "bench" when arguments.Next("bench") is "lora" or "bert" => await BenchCommand.RunAsync(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
                 _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
             };
@@ -68,7 +70,7 @@ sealed class Arguments
     }
 
     // Options that take a value; every other --option is a flag.
-    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout";
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "model" or "batch";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 
