@@ -186,6 +186,36 @@ public sealed class BertModelTests(MiniLmFixture minilm)
         Assert.Contains("expected [3, 4, 2, 4]", error.Message);
     }
 
+    [Fact]
+    public void Forward_passes_training_steps_and_sentence_encoding_leave_no_tensors_behind()
+    {
+        manual_seed(7);
+        using var model = new BertForSequenceClassification(new BertModel(Small), numLabels: 2, BertPooling.Mean);
+        using var ids = randint(Small.VocabSize, [3, 6]);
+        using var mask = tensor(new long[] { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0 }, [3, 6]);
+        using var labels = tensor(new long[] { 0, 1, 1 });
+        var optimizer = optim.AdamW(model.parameters(), lr: 1e-3);
+        var encoder = new SentenceEncoder(minilm.Model, minilm.Tokenizer);   // not disposed: the BERT is shared
+        void Round()
+        {
+            model.train();
+            using (var scope = NewDisposeScope())
+            {
+                optimizer.zero_grad();
+                functional.cross_entropy(model.call(ids, mask, null), labels).backward();
+                optimizer.step();
+            }
+            model.eval();
+            using (no_grad())
+            using (var logits = model.call(ids, mask, null)) { }
+            using (var vectors = encoder.Encode(["one sentence", "and a second, longer one"])) { }
+        }
+        Round();   // warm up: optimizer state and gradients exist from here on
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < 3; i++) Round();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     sealed class FixedPrefix(Tensor key, Tensor value) : IAttentionPrefix
     {
         public int Length => (int)key.shape[2];
