@@ -115,10 +115,9 @@ public class LoraLinearAdapter : WeightDeltaAdapter
         if (!is_grad_enabled() || !(x.requires_grad || lora_A.weight!.requires_grad || lora_B.weight!.requires_grad))
         {
             // No graph to build: the same arithmetic, straight.
-            var x2d = x.reshape(-1, x.shape[^1]);
-            var y2d = linear.bias is null ? x2d.mm(linear.weight.t()) : addmm(linear.bias, x2d, linear.weight.t(), 1, 1);
-            y2d.addmm_(x2d.mm(lora_A.weight!.t()), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
-            return y2d.view([.. x.shape[..^1], y2d.shape[1]]);
+            var y = functional.linear(x, linear.weight, linear.bias);                                   // (..., out)
+            y.view(-1, y.shape[^1]).addmm_(x.reshape(-1, x.shape[^1]).mm(lora_A.weight!.t()), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+            return y;
         }
         return LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling);
     }

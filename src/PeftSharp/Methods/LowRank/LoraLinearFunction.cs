@@ -34,14 +34,16 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         var scaling = (double)vars[5];
 
         var x2d = x.reshape(-1, x.shape[^1]);                                       // (N, in)
-        var y2d = bias is null ? x2d.mm(weight.t()) : addmm(bias, x2d, weight.t(), 1, 1);    // (N, out)
+        // The base part exactly as nn.Linear computes it, so a LoRA with B = 0 gives the base output bit for bit.
+        var y = nn.functional.linear(x, weight, bias);                               // (..., out)
+        var y2d = y.view(-1, y.shape[^1]);                                           // (N, out)
         var hidden = x2d.mm(a.t());                                                  // (N, r)
         y2d.addmm_(hidden, b.t(), beta: 1, alpha: (float)scaling);
         ctx.save_for_backward([x2d, hidden, weight, a, b]);
         ctx.save_data("scaling", scaling);
         ctx.save_data("input_shape", x.shape);
         ctx.save_data("needs", new[] { x.requires_grad, a.requires_grad, b.requires_grad });
-        return y2d.view([.. x.shape[..^1], weight.shape[0]]);
+        return y;
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
