@@ -15,7 +15,7 @@ public static class Formatters
     /// <summary>The types that get an HTML view.</summary>
     public static IReadOnlyList<Type> Types { get; } =
     [
-        typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
+        typeof(PeftHtml), typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
         typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(GenericChart),
     ];
 
@@ -28,6 +28,7 @@ public static class Formatters
             _registered = true;
         }
         const string html = HtmlFormatter.MimeType;
+        Formatter.Register<PeftHtml>((value, writer) => writer.Write(value.Html), html);
         Formatter.Register<PeftModel>((peft, writer) => writer.Write(HtmlViews.PeftModel(peft)), html);
         Formatter.Register<PeftModel>((peft, writer) => writer.Write(peft.ParameterReport().ToString()), PlainTextFormatter.MimeType);
         Formatter.Register<AdapterLayer>((layer, writer) => writer.Write(HtmlViews.AdapterLayer(layer)), html);

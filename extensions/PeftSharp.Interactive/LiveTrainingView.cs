@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Text;
-using Microsoft.AspNetCore.Html;
 using Microsoft.DotNet.Interactive;
 using Microsoft.DotNet.Interactive.Formatting;
 using PeftSharp.Training;
@@ -34,7 +33,7 @@ public sealed class LiveTrainingView : IDisposable
         _title = title;
         _refresh = refresh;
         if (context is not null)
-            _display = KernelInvocationContextExtensions.Display(context, new HtmlString(Render()), HtmlFormatter.MimeType);
+            _display = KernelInvocationContextExtensions.Display(context, new PeftHtml(Render()), HtmlFormatter.MimeType);
         _trainer.Progress += OnProgress;
     }
 
@@ -63,7 +62,7 @@ public sealed class LiveTrainingView : IDisposable
     {
         _sinceDraw.Restart();
         Updates++;
-        _display?.Update(new HtmlString(Render()));
+        _display?.Update(new PeftHtml(Render()));
     }
 
     /// <summary>Stops listening and draws the final state.</summary>

@@ -1,7 +1,6 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.Loader;
-using Microsoft.AspNetCore.Html;
 using Microsoft.DotNet.Interactive;
 using Microsoft.DotNet.Interactive.CSharp;
 using Microsoft.DotNet.Interactive.Formatting;
@@ -35,7 +34,7 @@ public sealed class PeftKernelExtension : IKernelExtension
             var csharp = CSharpKernels(kernel).ToList();
             foreach (var k in csharp) PeftMagicCommands.Register(k);
             if (KernelInvocationContext.Current is { } context)
-                KernelInvocationContextExtensions.Display(context, new HtmlString(LoadedMessage(csharp.Count)), HtmlFormatter.MimeType);
+                KernelInvocationContextExtensions.Display(context, new PeftHtml(LoadedMessage(csharp.Count)), HtmlFormatter.MimeType);
             return Task.CompletedTask;
         }
 

@@ -1,5 +1,4 @@
 using System.Globalization;
-using Microsoft.AspNetCore.Html;
 using Microsoft.DotNet.Interactive;
 using Microsoft.DotNet.Interactive.CSharp;
 using Microsoft.DotNet.Interactive.Directives;
@@ -298,7 +297,7 @@ public sealed class PeftMagicCommands
     // ---- helpers ----
 
     static void Show(KernelInvocationContext context, string html) =>
-        KernelInvocationContextExtensions.Display(context, new HtmlString(html), HtmlFormatter.MimeType);
+        KernelInvocationContextExtensions.Display(context, new PeftHtml(html), HtmlFormatter.MimeType);
 
     static Dictionary<string, string> MethodOptions(PeftDirectiveCommand command, MethodInfo method)
     {

@@ -12,6 +12,8 @@ static class RunNotebooksCommand
 {
     public static async Task<int> RunAsync(Arguments arguments)
     {
+        // Cells redirect Console.Out/Error while they run (and a timed-out cell may restore them later): keep our own.
+        var (stdout, stderr) = (Console.Out, Console.Error);
         var root = RepositoryRoot();
         var paths = arguments.Words.SkipWhile(w => w != "notebooks").Skip(1).ToList();
         if (paths.Count == 0) paths.Add(Path.Combine(root ?? ".", "notebooks"));
@@ -21,17 +23,17 @@ static class RunNotebooksCommand
         var output = Path.GetFullPath(arguments.Text("out") ?? Path.Combine(root ?? ".", "artifacts", "notebooks"));
         var timeout = TimeSpan.FromSeconds(arguments.Int("timeout", 300));
 
-        Console.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, output in {output}");
+        stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, output in {output}");
         var clock = Stopwatch.StartNew();
-        var runner = new NotebookRunner(timeout, output, Console.Out);
+        var runner = new NotebookRunner(timeout, output, stdout);
         var results = new List<NotebookResult>();
         foreach (var (notebook, i) in notebooks.Select((n, i) => (n, i)))
         {
             var shown = Path.GetRelativePath(Environment.CurrentDirectory, notebook.FullName);
-            Console.WriteLine($"[{i + 1}/{notebooks.Count}] {shown}");
+            stdout.WriteLine($"[{i + 1}/{notebooks.Count}] {shown}");
             var result = await runner.RunAsync(notebook, shown);
             results.Add(result);
-            Console.WriteLine(result.Succeeded
+            stdout.WriteLine(result.Succeeded
                 ? $"  ok: {result.Cells.Count} cells in {result.Duration.TotalSeconds:0.0} s -> {result.OutputPath}"
                 : $"  FAILED: {result.FailureText}");
         }
@@ -39,11 +41,11 @@ static class RunNotebooksCommand
         var report = Path.Combine(output, "report.html");
         Directory.CreateDirectory(output);
         File.WriteAllText(report, HtmlReport.Build(results, clock.Elapsed));
-        Console.WriteLine($"report: {report}");
+        stdout.WriteLine($"report: {report}");
         int failed = results.Count(r => !r.Succeeded);
-        Console.WriteLine($"{results.Count - failed} passed, {failed} failed ({clock.Elapsed.TotalSeconds:0.0} s)");
+        stdout.WriteLine($"{results.Count - failed} passed, {failed} failed ({clock.Elapsed.TotalSeconds:0.0} s)");
         foreach (var r in results.Where(r => !r.Succeeded))
-            Console.Error.WriteLine($"error: {r.FailureText}");
+            stderr.WriteLine($"error: {r.FailureText}");
         return failed == 0 ? 0 : 1;
     }
 
