@@ -104,6 +104,12 @@ public static class HtmlViews
             Line($"{l.Layer}: expert load " + string.Join(", ", l.Experts.Select((x, j) => $"{x} {l.ExpertLoad[j]:0.000}"))) +
             ChartHtml.Fragment(PeftCharts.Routing(l, routing.RowKind)))) + "</div>";
 
+    /// <summary>Usage of a magic command: each subcommand with its description and parameters.</summary>
+    public static string DirectiveHelp(Microsoft.DotNet.Interactive.Directives.KernelActionDirective directive) =>
+        "<div class=\"peftsharp-help\">" + Line($"{directive.Name} <subcommand> --parameter value ...") + Table(["subcommand", "what it does", "parameters"],
+            directive.Subcommands.Select(sub => new object?[] { sub.Name, sub.Description,
+                new RawHtml(string.Join("<br/>", sub.Parameters.Select(p => $"{E(p.Name)}{(p.Flag ? " (flag)" : "")}: {E(p.Description)}"))) })) + "</div>";
+
     /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>
     public static string Note(string text) => $"<div class=\"peftsharp-note\" style=\"margin:4px 0;color:#555\">{E(text)}</div>";
 

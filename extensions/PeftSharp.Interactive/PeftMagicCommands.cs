@@ -44,7 +44,12 @@ public sealed class PeftMagicCommands
         {
             Description = "PeftSharp: attach adapters, inspect, merge, save/load, and chart spectra, ranks and routing. Subcommands: " + string.Join(", ", Subcommands),
         };
-        _kernel.KernelInfo.SupportedDirectives.Add(root);
+        // `#!peft` alone shows the subcommands and their parameters.
+        _kernel.AddDirective(root, (_, context) =>
+        {
+            Show(context, HtmlViews.DirectiveHelp(root));
+            return Task.CompletedTask;
+        });
 
         Add<PeftAttach>(root, "attach", "Attach an adapter to a model variable", Attach,
             [Model("the model (a TorchSharp module) to adapt"), Method(), P("--targets", "modules to adapt: names 'q,v', 're:<regex>' or 'all-linear'"),
@@ -84,7 +89,7 @@ public sealed class PeftMagicCommands
             }
             catch (Exception e) when (IsUsageError(e))
             {
-                context.Fail(command, message: $"#!peft {name}: {e.Message}");
+                context.Fail(command, message: $"#!peft {name}: {UserMessage(e)}");
             }
         });
     }
@@ -123,6 +128,18 @@ public sealed class PeftMagicCommands
             else word.Append(c);
         }
         if (word.Length > 0) yield return word.ToString();
+    }
+
+    /// <summary>An exception's message without the lines .NET appends for programmers ("(Parameter 'x')",
+    /// "Actual value was y."): the message already names the parameter and the value.</summary>
+    internal static string UserMessage(Exception e)
+    {
+        var message = e.Message;
+        if (e is ArgumentOutOfRangeException { ActualValue: { } actual })
+            message = message.Replace(Environment.NewLine + $"Actual value was {actual}.", "");
+        if (e is ArgumentException { ParamName: { } parameter })
+            message = message.Replace($" (Parameter '{parameter}')", "");
+        return message.Trim();
     }
 
     /// <summary>Errors that mean "the input was wrong": shown as a message, never as a stack trace.</summary>

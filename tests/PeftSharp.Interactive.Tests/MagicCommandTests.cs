@@ -54,6 +54,8 @@ public sealed class MagicCommandTests
         var events = await k.Submit("1 + 1");
         Assert.Equal(2, events.OfType<ReturnValueProduced>().Single().Value);
         Assert.DoesNotContain("   at ", await k.Fails("#!peft attach --model model --targets lin3"));
+        Assert.DoesNotContain("(Parameter", await k.Fails("#!peft attach --model model --method lroa --targets lin0"));
+        Assert.DoesNotContain("Actual value", await k.Fails("#!peft attach --model model --targets lin0 --rank 64"));
     }
 
     [Fact]
@@ -65,6 +67,9 @@ public sealed class MagicCommandTests
         Assert.Contains("unknown parameter '--rnk' (did you mean --rank?)", typo);
         Assert.Contains("2 matched", await k.Ok("#!peft targets --model model --targets \"re:lin0|head\""));
         Assert.NotEmpty(await k.Fails("#!peft atach --model model"));
+        var help = await k.Ok("#!peft");
+        Assert.Contains("attach", help);
+        Assert.Contains("--targets", help);
     }
 
     [Fact]
