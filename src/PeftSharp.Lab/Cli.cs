@@ -9,6 +9,8 @@ static class Cli
         PeftSharp Lab
 
         usage:
+          run notebooks [PATH...]           execute notebooks with the .NET Interactive kernel, write them and report.html
+                [--out DIR] [--timeout S]     (default: notebooks/ -> artifacts/notebooks, 300 s per cell)
           methods [--json]                  list the methods the library has
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
@@ -26,6 +28,7 @@ static class Cli
         {
             return arguments.Verb switch
             {
+                "run" when arguments.Next("run") == "notebooks" => await RunNotebooksCommand.RunAsync(arguments),
                 "methods" => MethodsCommand.Run(arguments),
                 "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),

@@ -163,7 +163,8 @@ public static class TargetMatcher
 
     static bool FullMatch(string pattern, string path) => Regex.IsMatch(path, $"^(?:{pattern})$");
 
-    internal static int Levenshtein(string a, string b)
+    /// <summary>Edit distance between two names (for "did you mean" hints).</summary>
+    public static int Levenshtein(string a, string b)
     {
         var d = new int[a.Length + 1, b.Length + 1];
         for (int i = 0; i <= a.Length; i++) d[i, 0] = i;

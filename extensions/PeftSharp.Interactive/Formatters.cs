@@ -1,0 +1,45 @@
+using Microsoft.DotNet.Interactive.Formatting;
+using PeftSharp.Adapters;
+using PeftSharp.Analysis;
+using PeftSharp.Training;
+using Plotly.NET;
+
+namespace PeftSharp.Interactive;
+
+/// <summary>Registers the HTML formatters for the library's types (process-wide, as .NET Interactive formatters are).</summary>
+public static class Formatters
+{
+    static readonly object Gate = new();
+    static bool _registered;
+
+    /// <summary>The types that get an HTML view.</summary>
+    public static IReadOnlyList<Type> Types { get; } =
+    [
+        typeof(PeftHtml), typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
+        typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(GenericChart),
+    ];
+
+    /// <summary>Registers every formatter once per process.</summary>
+    public static void Register()
+    {
+        lock (Gate)
+        {
+            if (_registered) return;
+            _registered = true;
+        }
+        const string html = HtmlFormatter.MimeType;
+        Formatter.Register<PeftHtml>((value, writer) => writer.Write(value.Html), html);
+        Formatter.Register<PeftModel>((peft, writer) => writer.Write(HtmlViews.PeftModel(peft)), html);
+        Formatter.Register<PeftModel>((peft, writer) => writer.Write(peft.ParameterReport().ToString()), PlainTextFormatter.MimeType);
+        Formatter.Register<AdapterLayer>((layer, writer) => writer.Write(HtmlViews.AdapterLayer(layer)), html);
+        Formatter.Register<ParameterReport>((report, writer) => writer.Write(HtmlViews.ParameterReport(report)), html);
+        Formatter.Register<ParameterReport>((report, writer) => writer.Write(report.ToString()), PlainTextFormatter.MimeType);
+        Formatter.Register<TargetSelection>((selection, writer) => writer.Write(HtmlViews.TargetSelection(selection)), html);
+        Formatter.Register<TrainingLog>((log, writer) => writer.Write(HtmlViews.TrainingLog(log)), html);
+        Formatter.Register<SingularSpectrum>((spectrum, writer) => writer.Write(HtmlViews.Spectrum(spectrum)), html);
+        Formatter.Register<RankAllocation>((allocation, writer) => writer.Write(HtmlViews.RankAllocation(allocation)), html);
+        Formatter.Register<RoutingWeights>((routing, writer) => writer.Write(HtmlViews.Routing(routing)), html);
+        // Plotly.NET's own GenericChart formatter is a placeholder; charts made in cells render like ours.
+        Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.Fragment(chart)), html);
+    }
+}

@@ -1,0 +1,123 @@
+using System.Globalization;
+using System.Net;
+using System.Text;
+using PeftSharp.Adapters;
+using PeftSharp.Analysis;
+using PeftSharp.Methods;
+using PeftSharp.Training;
+
+namespace PeftSharp.Interactive;
+
+/// <summary>HTML for the library's records: plain tables and a line of text, plus the charts of <see cref="PeftCharts"/>.
+/// Pure functions, used by the formatters and the magic commands.</summary>
+public static class HtmlViews
+{
+    const string TableStyle = "border-collapse:collapse;font-size:90%";
+
+    static string E(object? value) => WebUtility.HtmlEncode(Convert.ToString(value, CultureInfo.InvariantCulture) ?? "");
+
+    static string Table(IEnumerable<string> headers, IEnumerable<IEnumerable<object?>> rows)
+    {
+        var html = new StringBuilder($"<table class=\"peftsharp-table\" style=\"{TableStyle}\"><thead><tr>");
+        foreach (var h in headers) html.Append("<th style=\"text-align:left;padding:2px 8px\">").Append(E(h)).Append("</th>");
+        html.Append("</tr></thead><tbody>");
+        foreach (var row in rows)
+        {
+            html.Append("<tr>");
+            foreach (var cell in row) html.Append("<td style=\"padding:2px 8px\">").Append(cell is RawHtml raw ? raw.Html : E(cell)).Append("</td>");
+            html.Append("</tr>");
+        }
+        return html.Append("</tbody></table>").ToString();
+    }
+
+    sealed record RawHtml(string Html);
+
+    static string Line(string text) => $"<div class=\"peftsharp-line\" style=\"font-family:monospace;margin:4px 0\">{E(text)}</div>";
+
+    static string Shape(long[] shape) => shape.Length == 0 ? "" : "[" + string.Join(" x ", shape) + "]";
+
+    /// <summary>An adapted model: PEFT's trainable-parameter line, the active adapters, and one row per adapter per layer.</summary>
+    public static string PeftModel(PeftModel peft) => ParameterReport(peft.ParameterReport());
+
+    /// <summary>A parameter report: the trainable line and the per-layer table (method, rank, parameters, active, merged).</summary>
+    public static string ParameterReport(ParameterReport report)
+    {
+        var head = Line($"{report} · trainable {Bytes(report.TrainableBytes)} of {Bytes(report.AllBytes)}") +
+                   Line($"active adapters: {(report.ActiveAdapters.Count == 0 ? "none" : string.Join(", ", report.ActiveAdapters))}" +
+                        (report.AdaptersDisabled ? " (disabled: the model computes the base output)" : ""));
+        return "<div class=\"peftsharp-summary\">" + head + Table(
+            ["layer", "base", "shape", "adapter", "method", "rank", "parameters", "active", "merged"],
+            report.Layers.Select(l => new object?[] { l.Path, l.BaseType, Shape(l.BaseShape), l.AdapterName, l.Method, l.Rank?.ToString(CultureInfo.InvariantCulture) ?? "-",
+                                                     l.Parameters.ToString("N0", CultureInfo.InvariantCulture), l.Active ? "yes" : "no", l.Merged ? "yes" : "no" })) + "</div>";
+    }
+
+    /// <summary>One adapter layer: its path, base module, and each adapter with method, rank and parameters.</summary>
+    public static string AdapterLayer(AdapterLayer layer)
+    {
+        var weight = layer.BaseLayer.get_parameter("weight");
+        return "<div class=\"peftsharp-layer\">" + Line($"{layer.Path}: {layer.BaseLayer.GetType().Name} {Shape(weight?.shape ?? [])}" +
+                                                         (layer.IsMerged ? $", merged: {string.Join(", ", layer.MergedAdapters)}" : "")) +
+            Table(["adapter", "method", "rank", "parameters", "active", "merged", "can merge"],
+                layer.AdapterNames.Select(n => new object?[] { n, layer[n].MethodName, layer[n].Rank?.ToString(CultureInfo.InvariantCulture) ?? "-",
+                    layer[n].parameters().Sum(p => p.numel()).ToString("N0", CultureInfo.InvariantCulture), layer.ActiveAdapters.Contains(n) ? "yes" : "no",
+                    layer.MergedAdapters.Contains(n) ? "yes" : "no", layer[n].CanMerge ? "yes" : "no" })) + "</div>";
+    }
+
+    /// <summary>What a target pattern matches, before anything changes.</summary>
+    public static string TargetSelection(TargetSelection selection, string? targets = null)
+    {
+        static string List(IReadOnlyList<string> paths) => paths.Count == 0 ? "-" : string.Join("<br/>", paths.Select(E));
+        var title = Line($"{(targets is null ? "targets" : $"targets '{targets}'")}: {selection.Matched.Count} matched, {selection.Excluded.Count} excluded, {selection.Unmatched.Count} not matched");
+        return "<div class=\"peftsharp-targets\">" + title + Table(["matched (will be adapted)", "excluded", "not matched"],
+            [[new RawHtml(List(selection.Matched)), new RawHtml(List(selection.Excluded)), new RawHtml(List(selection.Unmatched))]]) + "</div>";
+    }
+
+    /// <summary>The method list with each method's parameters.</summary>
+    public static string Methods(IEnumerable<MethodInfo> methods) => "<div class=\"peftsharp-methods\">" + Table(
+        ["method", "family", "computes", "merges", "parameters (--name: default)", "paper"],
+        methods.Select(m => new object?[] { m.Name, m.Family, m.Formula, m.CanMerge ? "yes" : "no",
+            new RawHtml(string.Join("<br/>", m.Parameters.Select(p => $"--{E(p.Name)} ({E(p.Type)}, {E(p.Default)}): {E(p.Description)}"))), m.Papers })) + "</div>";
+
+    /// <summary>A training log: totals, the last evaluation, and the loss chart.</summary>
+    public static string TrainingLog(TrainingLog log)
+    {
+        var text = $"{log.Name}: {log.Steps.Count} steps in {log.Duration.TotalSeconds:0.0} s ({log.Steps.Count / Math.Max(log.Duration.TotalSeconds, 1e-9):0.0} steps/s)" +
+                   (log.FirstLoss is double first && log.RecentLoss() is double last ? $", loss {first:0.0000} -> {last:0.0000} (mean of the last 10)" : "") +
+                   $", trainable {log.TrainableParameters:N0} of {log.AllParameters:N0}, peak working set {Bytes(log.PeakWorkingSetBytes)}";
+        var evaluation = log.LastEvaluation is { } e
+            ? Line($"evaluation at step {e.Step}: " + string.Join(", ", e.Metrics.Select(m => $"{m.Key} {m.Value:0.0000}")))
+            : "";
+        return "<div class=\"peftsharp-training\">" + Line(text) + evaluation + (log.Steps.Count > 0 ? ChartHtml.Fragment(PeftCharts.Loss(log)) : "") + "</div>";
+    }
+
+    /// <summary>A spectrum: its chart and a line of numbers (effective rank, energy at the adapter rank).</summary>
+    public static string Spectrum(SingularSpectrum spectrum) =>
+        "<div class=\"peftsharp-spectrum\">" + Line(spectrum.ToString()) + ChartHtml.Fragment(PeftCharts.Spectrum(spectrum)) + "</div>";
+
+    /// <summary>A rank allocation: bars per layer (or the layer × step heatmap) and its totals.</summary>
+    public static string RankAllocation(RankAllocation allocation) =>
+        "<div class=\"peftsharp-ranks\">" + Line(allocation.ToString()) + ChartHtml.Fragment(PeftCharts.RankAllocation(allocation)) + "</div>";
+
+    /// <summary>Routing weights: one heatmap per layer, with each expert's load.</summary>
+    public static string Routing(RoutingWeights routing) =>
+        "<div class=\"peftsharp-routing\">" + Line(routing.ToString()) + string.Join("\n", routing.Layers.Select(l =>
+            Line($"{l.Layer}: expert load " + string.Join(", ", l.Experts.Select((x, j) => $"{x} {l.ExpertLoad[j]:0.000}"))) +
+            ChartHtml.Fragment(PeftCharts.Routing(l, routing.RowKind)))) + "</div>";
+
+    /// <summary>Usage of a magic command: each subcommand with its description and parameters.</summary>
+    public static string DirectiveHelp(Microsoft.DotNet.Interactive.Directives.KernelActionDirective directive) =>
+        "<div class=\"peftsharp-help\">" + Line($"{directive.Name} <subcommand> --parameter value ...") + Table(["subcommand", "what it does", "parameters"],
+            directive.Subcommands.Select(sub => new object?[] { sub.Name, sub.Description,
+                new RawHtml(string.Join("<br/>", sub.Parameters.Select(p => $"{E(p.Name)}{(p.Flag ? " (flag)" : "")}: {E(p.Description)}"))) })) + "</div>";
+
+    /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>
+    public static string Note(string text) => $"<div class=\"peftsharp-note\" style=\"margin:4px 0;color:#555\">{E(text)}</div>";
+
+    internal static string Bytes(long bytes) => bytes switch
+    {
+        >= 1L << 30 => $"{bytes / (double)(1L << 30):0.00} GiB",
+        >= 1L << 20 => $"{bytes / (double)(1L << 20):0.0} MiB",
+        >= 1L << 10 => $"{bytes / 1024.0:0.0} KiB",
+        _ => $"{bytes} B",
+    };
+}

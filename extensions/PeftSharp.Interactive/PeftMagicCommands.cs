@@ -1,0 +1,408 @@
+using System.Globalization;
+using Microsoft.DotNet.Interactive;
+using Microsoft.DotNet.Interactive.CSharp;
+using Microsoft.DotNet.Interactive.Directives;
+using Microsoft.DotNet.Interactive.Formatting;
+using PeftSharp.Adapters;
+using PeftSharp.Analysis;
+using PeftSharp.IO;
+using PeftSharp.Methods;
+using TorchSharp;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Interactive;
+
+/// <summary>
+/// The <c>#!peft</c> magic command and its subcommands on a C# kernel. Each handler fetches variables from the kernel,
+/// makes one library call and displays the result; a mistake (unknown variable or method, a rank that does not fit,
+/// a pattern that matches nothing, a wrong file) fails the cell with a message naming what was wrong and what would be
+/// right, and the kernel goes on working.
+/// </summary>
+public sealed class PeftMagicCommands
+{
+    public const string DirectiveName = "#!peft";
+
+    /// <summary>The subcommands, in the order <c>#!peft</c>'s help lists them.</summary>
+    public static IReadOnlyList<string> Subcommands { get; } =
+        ["attach", "summary", "targets", "merge", "unmerge", "save", "load", "spectrum", "ranks", "routing", "methods"];
+
+    readonly CSharpKernel _kernel;
+
+    PeftMagicCommands(CSharpKernel kernel) => _kernel = kernel;
+
+    /// <summary>Adds <c>#!peft</c> to <paramref name="kernel"/> (once).</summary>
+    public static void Register(CSharpKernel kernel)
+    {
+        ArgumentNullException.ThrowIfNull(kernel);
+        if (kernel.KernelInfo.SupportedDirectives.Any(d => d.Name == DirectiveName)) return;
+        new PeftMagicCommands(kernel).RegisterAll();
+    }
+
+    void RegisterAll()
+    {
+        var root = new KernelActionDirective(DirectiveName)
+        {
+            Description = "PeftSharp: attach adapters, inspect, merge, save/load, and chart spectra, ranks and routing. Subcommands: " + string.Join(", ", Subcommands),
+        };
+        // `#!peft` alone shows the subcommands and their parameters.
+        _kernel.AddDirective(root, (_, context) =>
+        {
+            Show(context, HtmlViews.DirectiveHelp(root));
+            return Task.CompletedTask;
+        });
+
+        Add<PeftAttach>(root, "attach", "Attach an adapter to a model variable", Attach,
+            [Model("the model (a TorchSharp module) to adapt"), Method(), P("--targets", "modules to adapt: names 'q,v', 're:<regex>' or 'all-linear'"),
+             P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"), .. MethodOptions()]);
+        Add<PeftSummary>(root, "summary", "Per layer: method, rank, parameters, merged or not, active adapters", Summary, [Model("the adapted model")]);
+        Add<PeftTargets>(root, "targets", "Preview which modules a target pattern matches (changes nothing)", Targets,
+            [Model("the model"), P("--targets", "names 'q,v', 're:<regex>' or 'all-linear'"), Method()]);
+        Add<PeftMerge>(root, "merge", "Fold adapters into the base weights", Merge,
+            [Model("the adapted model"), P("--adapters", "adapters to merge, 'a,b' (default: the active ones)"), Flag("--safe", "check for NaN/Inf before writing")]);
+        Add<PeftUnmerge>(root, "unmerge", "Restore the base weights", Unmerge, [Model("the adapted model")]);
+        Add<PeftSave>(root, "save", "Save adapters in Hugging Face PEFT's format", Save,
+            [Model("the adapted model"), P("--path", "directory to write adapter_config.json + adapter_model.safetensors into")]);
+        Add<PeftLoad>(root, "load", "Load a PEFT adapter directory into a model", Load,
+            [Model("the model to load into"), P("--path", "adapter directory"), P("--name", "adapter name (default 'default')"),
+             P("--as", "variable that receives the adapted model (default 'peft')"), Flag("--trainable", "make the loaded adapter trainable")]);
+        Add<PeftSpectrum>(root, "spectrum", "Singular spectrum of a layer's weight or adapter delta", Spectrum,
+            [Model("the model"), Layer(), P("--of", "delta (default for an adapted model) | weight | adapted").AddCompletions(() => ["delta", "weight", "adapted"]),
+             P("--adapter", "adapter name (default: the first active)")]);
+        Add<PeftRanks>(root, "ranks", "Rank allocation across layers", Ranks, [Model("the adapted model"), P("--adapter", "adapter name (default: the first active)")]);
+        Add<PeftRouting>(root, "routing", "Routing weights (token/task x expert) per layer", Routing,
+            [Model("the adapted model"), P("--weights", "a variable holding a RoutingWeights record instead")]);
+        Add<PeftMethods>(root, "methods", "List the methods and their parameters", Methods, [Method()]);
+    }
+
+    void Add<T>(KernelActionDirective root, string name, string description, Func<T, KernelInvocationContext, Task> handler, KernelDirectiveParameter[] parameters)
+        where T : PeftDirectiveCommand
+    {
+        var directive = new KernelActionDirective(name) { Description = description };
+        foreach (var p in parameters) directive.Parameters.Add(p);
+        root.Subcommands.Add(directive);
+        _kernel.AddDirective<T>(directive, async (command, context) =>
+        {
+            try
+            {
+                CheckParameterNames(command, directive);
+                await handler(command, context);
+            }
+            catch (Exception e) when (IsUsageError(e))
+            {
+                context.Fail(command, message: $"#!peft {name}: {UserMessage(e)}");
+            }
+        });
+    }
+
+    // The kernel's parser does not flag an unknown --name after a subcommand (it drops it), so a typo such as --rnk
+    // would be silently ignored. Read the directive's text (kept on the command) and name the unknown parameter.
+    static readonly System.Reflection.PropertyInfo? DirectiveNodeProperty =
+        typeof(Microsoft.DotNet.Interactive.Commands.KernelDirectiveCommand).GetProperty("DirectiveNode", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic);
+
+    static void CheckParameterNames(PeftDirectiveCommand command, KernelActionDirective directive)
+    {
+        var node = DirectiveNodeProperty?.GetValue(command);
+        var text = node?.GetType().GetProperty("Text")?.GetValue(node) as string;
+        if (text is null) return;
+        var known = directive.Parameters.Select(p => p.Name).ToHashSet();
+        foreach (var word in Words(text).Where(w => w.StartsWith("--", StringComparison.Ordinal) && !known.Contains(w)))
+        {
+            var closest = known.OrderBy(k => TargetMatcher.Levenshtein(k, word)).First();
+            throw new ArgumentException($"unknown parameter '{word}'{(TargetMatcher.Levenshtein(closest, word) <= 3 ? $" (did you mean {closest}?)" : "")}; {directive.Name} takes {string.Join(", ", known)}.");
+        }
+    }
+
+    // Whitespace-separated words, a double-quoted run counting as one word (so a quoted value may hold "--").
+    static IEnumerable<string> Words(string text)
+    {
+        var word = new System.Text.StringBuilder();
+        bool quoted = false;
+        foreach (var c in text)
+        {
+            if (c == '"') quoted = !quoted;
+            if (char.IsWhiteSpace(c) && !quoted)
+            {
+                if (word.Length > 0) yield return word.ToString();
+                word.Clear();
+            }
+            else word.Append(c);
+        }
+        if (word.Length > 0) yield return word.ToString();
+    }
+
+    /// <summary>An exception's message without the lines .NET appends for programmers ("(Parameter 'x')",
+    /// "Actual value was y."): the message already names the parameter and the value.</summary>
+    internal static string UserMessage(Exception e)
+    {
+        var message = e.Message;
+        if (e is ArgumentOutOfRangeException { ActualValue: { } actual })
+            message = message.Replace(Environment.NewLine + $"Actual value was {actual}.", "");
+        if (e is ArgumentException { ParamName: { } parameter })
+            message = message.Replace($" (Parameter '{parameter}')", "");
+        return message.Trim();
+    }
+
+    /// <summary>Errors that mean "the input was wrong": shown as a message, never as a stack trace.</summary>
+    static bool IsUsageError(Exception e) =>
+        e is ArgumentException or InvalidOperationException or IOException or NotSupportedException or FormatException
+            or KeyNotFoundException or UnauthorizedAccessException or AdapterFileException;
+
+    static KernelDirectiveParameter P(string name, string description) => new(name, description);
+
+    static KernelDirectiveParameter Flag(string name, string description) => new(name, description) { Flag = true };
+
+    KernelDirectiveParameter Model(string what) => P("--model", $"variable holding {what}").AddCompletions(() => ModelVariables().Select(v => v.Name));
+
+    static KernelDirectiveParameter Method() =>
+        P("--method", "method name: " + string.Join(", ", MethodList.All.Select(m => m.Name))).AddCompletions(() => MethodList.All.Select(m => m.Name));
+
+    KernelDirectiveParameter Layer() =>
+        P("--layer", "module path, e.g. layers.0.attn.q (default: every adapter layer)").AddCompletions(() =>
+            ModelVariables().Select(v => v.Value).OfType<PeftModel>().SelectMany(p => p.Layers.Select(l => l.Path)).Distinct());
+
+    // Every method's options (--rank, --alpha, ...), once each; booleans are flags.
+    static IEnumerable<KernelDirectiveParameter> MethodOptions() =>
+        MethodList.All.SelectMany(m => m.Parameters).GroupBy(p => p.Name).Select(g => g.First())
+            .Select(p => p.Type == "bool" ? Flag("--" + p.Name, $"{p.Description} (default {p.Default})") : P("--" + p.Name, $"{p.Description} ({p.Type}, default {p.Default})"));
+
+    // ---- handlers ----
+
+    async Task Attach(PeftAttach command, KernelInvocationContext context)
+    {
+        var (modelName, value) = Variable(command);
+        var module = AsModule(modelName, value);
+        var method = MethodList.Find(command.Text("method") ?? "lora");
+        var targets = TargetModules.Parse(command.Required("targets", "q,v"));
+        var config = method.CreateConfig(targets, MethodOptions(command, method));
+        config.Validate();
+        var selection = PeftModel.PreviewTargets(module, config);
+        CheckRankFits(module, config, selection);
+        var adapterName = command.Text("name") ?? PeftModel.DefaultAdapterName;
+
+        var existing = value as PeftModel ?? FindPeftModel(module);
+        if (existing is not null)
+        {
+            existing.AddAdapter(adapterName, config);
+            Show(context, HtmlViews.Note($"Added adapter '{adapterName}' ({method.Name}) to {selection.Matched.Count} layer(s) of '{modelName}'. " +
+                                         $"Active adapters stay {string.Join(", ", existing.ActiveAdapters)}: call SetActiveAdapters(\"{adapterName}\") to train it.") +
+                                HtmlViews.PeftModel(existing));
+            return;
+        }
+        var peft = PeftModel.Create(module, config, adapterName);
+        var variable = command.Text("as") ?? "peft";
+        await _kernel.SetValueAsync(variable, peft, typeof(PeftModel));
+        Show(context, HtmlViews.Note($"Attached {method.Name} '{adapterName}' to {selection.Matched.Count} layer(s) of '{modelName}'; the variable '{variable}' holds the adapted model.") +
+                      HtmlViews.PeftModel(peft));
+    }
+
+    Task Summary(PeftSummary command, KernelInvocationContext context)
+    {
+        Show(context, HtmlViews.PeftModel(RequirePeft(command)));
+        return Task.CompletedTask;
+    }
+
+    Task Targets(PeftTargets command, KernelInvocationContext context)
+    {
+        var (name, value) = Variable(command);
+        var module = AsModule(name, value);
+        var targetsText = command.Required("targets", "q,v");
+        var method = MethodList.Find(command.Text("method") ?? "lora");
+        var config = method.CreateConfig(TargetModules.Parse(targetsText), new Dictionary<string, string>());
+        Show(context, HtmlViews.TargetSelection(PeftModel.PreviewTargets(module, config), targetsText));
+        return Task.CompletedTask;
+    }
+
+    Task Merge(PeftMerge command, KernelInvocationContext context)
+    {
+        var peft = RequirePeft(command);
+        var adapters = command.Text("adapters")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        peft.Merge(adapters, command.Flag("safe"));
+        Show(context, HtmlViews.Note($"Merged {(adapters is null ? "the active adapters" : string.Join(", ", adapters))} into the base weights; #!peft unmerge restores them.") + HtmlViews.PeftModel(peft));
+        return Task.CompletedTask;
+    }
+
+    Task Unmerge(PeftUnmerge command, KernelInvocationContext context)
+    {
+        var peft = RequirePeft(command);
+        peft.Unmerge();
+        Show(context, HtmlViews.Note("Restored the base weights.") + HtmlViews.PeftModel(peft));
+        return Task.CompletedTask;
+    }
+
+    Task Save(PeftSave command, KernelInvocationContext context)
+    {
+        var peft = RequirePeft(command);
+        var path = Path.GetFullPath(command.Required("path", "out/my-adapter"));
+        peft.Save(path);
+        var inspection = AdapterInspection.Read(path);
+        Show(context, HtmlViews.Note($"Saved adapter(s) {string.Join(", ", peft.AdapterNames)} to {path}: {AdapterFiles.ConfigFileName} ({inspection.Config.PeftType}) and " +
+                                     $"{AdapterFiles.WeightsFileName} ({inspection.Modules.Count} modules, {inspection.Parameters:N0} parameters, " +
+                                     $"{HtmlViews.Bytes(new FileInfo(Path.Combine(path, AdapterFiles.WeightsFileName)).Length)})."));
+        return Task.CompletedTask;
+    }
+
+    async Task Load(PeftLoad command, KernelInvocationContext context)
+    {
+        var (name, value) = Variable(command);
+        var module = AsModule(name, value);
+        var path = Path.GetFullPath(command.Required("path", "out/my-adapter"));
+        var adapterName = command.Text("name") ?? PeftModel.DefaultAdapterName;
+        var existing = value as PeftModel ?? FindPeftModel(module);
+        if (existing is not null)
+        {
+            existing.LoadAdapter(path, adapterName, command.Flag("trainable"));
+            Show(context, HtmlViews.Note($"Loaded {path} into '{name}' as adapter '{adapterName}'.") + HtmlViews.PeftModel(existing));
+            return;
+        }
+        var peft = PeftModel.Load(module, path, adapterName, command.Flag("trainable"));
+        var variable = command.Text("as") ?? "peft";
+        await _kernel.SetValueAsync(variable, peft, typeof(PeftModel));
+        Show(context, HtmlViews.Note($"Loaded {path} into '{name}' as adapter '{adapterName}'; the variable '{variable}' holds the adapted model.") + HtmlViews.PeftModel(peft));
+    }
+
+    Task Spectrum(PeftSpectrum command, KernelInvocationContext context)
+    {
+        var (name, value) = Variable(command);
+        var module = AsModule(name, value);
+        var peft = value as PeftModel ?? FindPeftModel(module);
+        var of = (command.Text("of") ?? (peft is null ? "weight" : "delta")).ToLowerInvariant();
+        var layer = command.Text("layer");
+        var adapter = command.Text("adapter");
+        if (of is not ("weight" or "delta" or "adapted"))
+            throw new ArgumentException($"--of '{of}' is not a spectrum source; use delta, weight or adapted.");
+        if (of != "weight" && peft is null)
+            throw new ArgumentException($"'{name}' has no adapters, so it has no {of} spectrum; use --of weight, or attach an adapter first.");
+        var layers = layer is not null ? [layer]
+            : peft?.Layers.Select(l => l.Path).ToList() ?? throw new ArgumentException($"--layer is required for a model without adapters, e.g. --layer {FirstLinear(module)}.");
+        var spectra = layers.Select(l => of switch
+        {
+            "delta" => SingularSpectrum.OfDelta(peft!, l, adapter),
+            "adapted" => SingularSpectrum.OfAdapted(peft!, l, adapter),
+            _ => SingularSpectrum.OfWeight(module, l),
+        }).ToList();
+        Show(context, string.Join("\n", spectra.Select(HtmlViews.Spectrum)));
+        return Task.CompletedTask;
+    }
+
+    Task Ranks(PeftRanks command, KernelInvocationContext context)
+    {
+        Show(context, HtmlViews.RankAllocation(RankAllocation.Of(RequirePeft(command), command.Text("adapter"))));
+        return Task.CompletedTask;
+    }
+
+    Task Routing(PeftRouting command, KernelInvocationContext context)
+    {
+        if (command.Text("weights") is { } weightsName)
+        {
+            if (!_kernel.TryGetValue<object>(weightsName, out var weights))
+                throw new ArgumentException($"No variable '{weightsName}' in the C# kernel.");
+            Show(context, HtmlViews.Routing(weights as RoutingWeights
+                ?? throw new ArgumentException($"'{weightsName}' is a {weights?.GetType().Name ?? "null"}, not a RoutingWeights record.")));
+            return Task.CompletedTask;
+        }
+        Show(context, HtmlViews.Routing(RoutingWeights.Collect(RequirePeft(command))));
+        return Task.CompletedTask;
+    }
+
+    Task Methods(PeftMethods command, KernelInvocationContext context)
+    {
+        var methods = command.Text("method") is { } name ? [MethodList.Find(name)] : MethodList.All;
+        Show(context, HtmlViews.Methods(methods));
+        return Task.CompletedTask;
+    }
+
+    // ---- helpers ----
+
+    static void Show(KernelInvocationContext context, string html) =>
+        KernelInvocationContextExtensions.Display(context, new PeftHtml(html), HtmlFormatter.MimeType);
+
+    static Dictionary<string, string> MethodOptions(PeftDirectiveCommand command, MethodInfo method)
+    {
+        var options = new Dictionary<string, string>();
+        foreach (var parameter in method.Parameters)
+        {
+            if (parameter.Type == "bool")
+            {
+                if (command.Flag(parameter.Name)) options[parameter.Name] = "true";
+                continue;
+            }
+            if (command.Text(parameter.Name) is not { } text) continue;
+            bool ok = parameter.Type switch
+            {
+                "int" => int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out _),
+                "float" => double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out _),
+                _ => true,
+            };
+            if (!ok)
+                throw new ArgumentException($"--{parameter.Name} needs {(parameter.Type == "int" ? "a whole number" : "a number")} ({parameter.Description}), not '{text}'.");
+            options[parameter.Name] = text;
+        }
+        // Options of other methods were given but this method has no such parameter.
+        var known = method.Parameters.Select(p => p.Name).ToHashSet();
+        var foreign = MethodList.All.SelectMany(m => m.Parameters).Select(p => p.Name).Distinct()
+            .Where(n => !known.Contains(n) && (command.Text(n) is not null || command.Flag(n))).ToList();
+        if (foreign.Count > 0)
+            throw new ArgumentException($"{method.Name} has no option {string.Join(", ", foreign.Select(f => "--" + f))}; its options: {string.Join(", ", known.Select(k => "--" + k))}.");
+        return options;
+    }
+
+    // A rank above min(out, in) adds parameters without adding expressiveness (and an SVD-based init cannot fill it).
+    static void CheckRankFits(Module model, AdapterConfig config, TargetSelection selection)
+    {
+        if (config is not PeftSharp.Methods.LowRank.LoraConfig lora) return;
+        var modules = TargetMatcher.AdaptableModules(model).ToDictionary(m => m.Path, m => m.Module);
+        foreach (var path in selection.Matched)
+        {
+            if (modules[path].get_parameter("weight") is not { } weight || weight.dim() != 2) continue;
+            long limit = Math.Min(weight.shape[0], weight.shape[1]);
+            int rank = lora.RankAt(path);
+            if (rank > limit)
+                throw new ArgumentOutOfRangeException("rank", rank,
+                    $"--rank {rank} does not fit '{path}' (weight [{weight.shape[0]} x {weight.shape[1]}]): a rank above min(out, in) = {limit} adds parameters but no expressiveness. Use --rank {limit} or less.");
+        }
+    }
+
+    (string Name, object? Value) Variable(PeftDirectiveCommand command)
+    {
+        var name = command.Required("model", ModelVariables().Select(v => v.Name).FirstOrDefault() ?? "model");
+        if (!_kernel.TryGetValue<object>(name, out var value))
+        {
+            var models = ModelVariables().Select(v => v.Name).ToList();
+            throw new ArgumentException($"No variable '{name}' in the C# kernel. Variables holding models: {(models.Count == 0 ? "none yet (create one, e.g. var model = new Mlp();)" : string.Join(", ", models))}.");
+        }
+        return (name, value);
+    }
+
+    static Module AsModule(string name, object? value) => value switch
+    {
+        PeftModel peft => peft.Model,
+        Module module => module,
+        _ => throw new ArgumentException($"'{name}' is a {value?.GetType().Name ?? "null"}, not a model: --model names a variable holding a TorchSharp module or a PeftModel."),
+    };
+
+    PeftModel RequirePeft(PeftDirectiveCommand command)
+    {
+        var (name, value) = Variable(command);
+        if (value is PeftModel peft) return peft;
+        var module = AsModule(name, value);
+        return FindPeftModel(module) ?? throw new ArgumentException(
+            $"'{name}' has no adapters yet; attach one first, e.g. #!peft attach --model {name} --method lora --targets {FirstLinear(module)} --rank 4.");
+    }
+
+    // A PeftModel variable whose model is this module (so --model can name either).
+    PeftModel? FindPeftModel(Module module) =>
+        ModelVariables().Select(v => v.Value).OfType<PeftModel>().LastOrDefault(p => ReferenceEquals(p.Model, module));
+
+    IEnumerable<(string Name, object Value)> ModelVariables()
+    {
+        var variables = _kernel.ScriptState?.Variables;
+        if (variables is null) yield break;
+        var seen = new HashSet<string>();
+        foreach (var v in Enumerable.Reverse<Microsoft.CodeAnalysis.Scripting.ScriptVariable>(variables))
+            if (seen.Add(v.Name) && v.Value is PeftModel or Module)
+                yield return (v.Name, v.Value);
+    }
+
+    static string FirstLinear(Module module) =>
+        TargetMatcher.AdaptableModules(module).FirstOrDefault(m => m.Module is TorchSharp.Modules.Linear).Path ?? "<layer path>";
+}

@@ -1,0 +1,142 @@
+using Microsoft.DotNet.Interactive.Formatting;
+using PeftSharp.Adapters;
+using PeftSharp.Analysis;
+using PeftSharp.Methods;
+using PeftSharp.Methods.LowRank;
+using PeftSharp.Models;
+using PeftSharp.Training;
+using Plotly.NET;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Interactive.Tests;
+
+public sealed class FormatterAndChartTests
+{
+    static FormatterAndChartTests()
+    {
+        FSharpCoreRedirect.Install();
+        Formatters.Register();
+    }
+
+    static PeftModel NewPeft()
+    {
+        manual_seed(0);
+        return PeftModel.Create(new Mlp(16, 32, 8), new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Random });
+    }
+
+    static string Html(object value) => value.ToDisplayString(HtmlFormatter.MimeType);
+
+    [Fact]
+    public void Adapted_model_layer_and_parameter_report_render_as_tables()
+    {
+        var peft = NewPeft();
+        var html = Html(peft);
+        Assert.Contains("trainable params", html);
+        Assert.Contains("<td style=\"padding:2px 8px\">lin0</td>", html);
+        Assert.Contains("lora", html);
+        Assert.Equal(peft.ParameterReport().ToString(), peft.ToDisplayString(PlainTextFormatter.MimeType));
+        Assert.Contains("active adapters: default", Html(peft.ParameterReport()));
+        var layer = Html(peft.Layers[0]);
+        Assert.Contains("lin0: Linear [32 x 16]", layer);
+        Assert.Contains("can merge", layer);
+    }
+
+    [Fact]
+    public void Target_selection_lists_matched_and_unmatched_modules()
+    {
+        var selection = PeftModel.PreviewTargets(new Mlp(), new LoraConfig { TargetModules = ["lin0"] });
+        var html = Html(selection);
+        Assert.Contains("1 matched", html);
+        Assert.Contains("lin1", html);
+    }
+
+    [Fact]
+    public void Spectrum_chart_has_the_values_energy_and_rank_marker()
+    {
+        var spectrum = SingularSpectrum.OfDelta(NewPeft(), "lin0");
+        var figure = GenericChart.toFigureJson(PeftCharts.Spectrum(spectrum));
+        Assert.Contains("cumulative energy", figure);
+        Assert.Contains("adapter rank r = 4", figure);
+        Assert.Contains("ΔW of adapter", figure);
+        var html = Html(spectrum);
+        Assert.Contains("effective rank", html);
+        Assert.Contains(ChartHtml.ChartClass, html);
+    }
+
+    [Fact]
+    public void Rank_allocation_is_bars_and_becomes_a_heatmap_when_ranks_change()
+    {
+        var allocation = RankAllocation.Of(NewPeft());
+        Assert.Contains("\"type\":\"bar\"", GenericChart.toFigureJson(PeftCharts.RankAllocation(allocation)));
+        var changing = allocation.WithSnapshot(10, [2, 6]).WithSnapshot(20, [1, 7]);
+        var heatmap = GenericChart.toFigureJson(PeftCharts.RankAllocation(changing));
+        Assert.Contains("\"type\":\"heatmap\"", heatmap);
+        Assert.Contains("step 20", heatmap);
+        Assert.Contains("total rank 8", Html(changing));
+    }
+
+    [Fact]
+    public void Routing_is_one_heatmap_per_layer()
+    {
+        var routing = new RoutingWeights(
+        [
+            new RoutingLayer("a", ["t0", "t1"], ["e0", "e1"], [[1.0, 0.0], [0.5, 0.5]]),
+            new RoutingLayer("b", ["t0", "t1"], ["e0", "e1"], [[0.0, 1.0], [0.5, 0.5]]),
+        ], "task");
+        var charts = PeftCharts.Routing(routing);
+        Assert.Equal(2, charts.Count);
+        Assert.Contains("\"type\":\"heatmap\"", GenericChart.toFigureJson(charts[1]));
+        var html = Html(routing);
+        Assert.Contains("e0 0.750", html);
+        Assert.Equal(2, html.Split("class=\"" + ChartHtml.ChartClass + "\"").Length - 1);
+    }
+
+    [Fact]
+    public void Training_log_shows_totals_and_the_loss_curve()
+    {
+        var peft = NewPeft();
+        var x = randn(8, 16);
+        var y = randn(8, 8);
+        var log = new Trainer().Fit(peft.Model, _ => new[] { 0, 1 }, _ => nn.functional.mse_loss(peft.Forward(x), y),
+            new TrainerOptions { Epochs = 3 }, () => new Dictionary<string, double> { ["val_loss"] = 0.5 }, name: "unit");
+        var html = Html(log);
+        Assert.Contains("unit: 6 steps", html);
+        Assert.Contains("val_loss", html);
+        Assert.Contains("training loss", GenericChart.toFigureJson(PeftCharts.Loss(log)));
+    }
+
+    [Fact]
+    public void Charts_made_in_cells_render_with_the_offline_first_fragment()
+    {
+        var chart = Plotly.NET.CSharp.Chart.Line<int, int, string>([1, 2], [3, 4]);
+        var html = Html(chart);
+        Assert.Contains("window.Plotly", html);
+        Assert.Contains("newPlot", html);
+        Assert.StartsWith("<script", ChartHtml.PlotlyScriptTag());
+        Assert.True(ChartHtml.PlotlyJs().Length > 1_000_000);
+    }
+
+    [Fact]
+    public void Live_view_outside_a_notebook_records_and_renders_progress()
+    {
+        var peft = NewPeft();
+        var trainer = new Trainer();
+        var x = randn(8, 16);
+        var y = randn(8, 8);
+        var view = LiveTrainingView.Show(trainer, "outside", TimeSpan.Zero);
+        trainer.Fit(peft.Model, _ => new[] { 0 }, _ => nn.functional.mse_loss(peft.Forward(x), y), new TrainerOptions { Epochs = 3 });
+        view.Dispose();
+        Assert.Contains("step 3/3", view.Html);
+        Assert.Contains("ETA", view.Html);
+        Assert.True(view.Updates >= 3);
+    }
+
+    [Fact]
+    public void Methods_table_lists_every_method_with_its_parameters()
+    {
+        var html = HtmlViews.Methods(MethodList.All);
+        foreach (var method in MethodList.All) Assert.Contains($">{method.Name}<", html);
+        Assert.Contains("--alpha", html);
+        Assert.Contains("PeftSharp", PeftKernelExtension.LoadedMessage(1));
+    }
+}

@@ -1,0 +1,186 @@
+using Microsoft.DotNet.Interactive.Commands;
+using Microsoft.DotNet.Interactive.Events;
+using PeftSharp.Adapters;
+
+namespace PeftSharp.Interactive.Tests;
+
+public sealed class MagicCommandTests
+{
+    const string NewModel = "torch.manual_seed(0); var model = new Mlp(16, 32, 8); var x = torch.randn(4, 16);";
+
+    [Fact]
+    public async Task Attach_creates_the_adapted_model_variable_and_shows_its_summary()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        var html = await k.Ok("#!peft attach --model model --method lora --targets lin0,lin1 --rank 4 --alpha 8");
+        Assert.Contains("Attached lora 'default' to 2 layer(s)", html);
+        Assert.Contains("lin1", html);
+        var peft = k.Value<PeftModel>("peft");
+        Assert.Equal(2, peft.Layers.Count);
+        Assert.Equal(4, peft.Layers[0]["default"].Rank);
+        Assert.Contains("trainable params", await k.Ok("#!peft summary --model peft"));
+        // --model may also name the plain module once it has adapters.
+        Assert.Contains("lin0", await k.Ok("#!peft summary --model model"));
+        // A second attach adds an adapter to the same model.
+        Assert.Contains("Added adapter 'second'", await k.Ok("#!peft attach --model peft --targets lin0 --rank 2 --name second --rslora"));
+        Assert.Equal(["default", "second"], peft.AdapterNames);
+    }
+
+    [Fact]
+    public async Task Bad_input_fails_with_a_message_naming_the_mistake_and_the_kernel_keeps_working()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        Assert.Contains("No variable 'modle'", await k.Fails("#!peft attach --model modle --targets lin0"));
+        Assert.Contains("model", await k.Fails("#!peft attach --model modle --targets lin0"));
+        Assert.Contains("Unknown method 'lroa'", await k.Fails("#!peft attach --model model --method lroa --targets lin0"));
+        Assert.Contains("lora, dora", await k.Fails("#!peft attach --model model --method lroa --targets lin0"));
+        var rank = await k.Fails("#!peft attach --model model --targets lin0 --rank 64");
+        Assert.Contains("does not fit 'lin0'", rank);
+        Assert.Contains("--rank 16 or less", rank);
+        Assert.Contains("whole number", await k.Fails("#!peft attach --model model --targets lin0 --rank four"));
+        var nothing = await k.Fails("#!peft attach --model model --targets lin3");
+        Assert.Contains("matched no module", nothing);
+        Assert.Contains("lin0", nothing);
+        Assert.Contains("--targets is required", await k.Fails("#!peft attach --model model"));
+        Assert.Contains("not a model", await k.Fails("var text = \"hi\";\n#!peft summary --model text"));
+        Assert.Contains("no adapters yet", await k.Fails("#!peft summary --model model"));
+        Assert.Contains("#!peft attach --model model", await k.Fails("#!peft ranks --model model"));
+        var missing = await k.Fails("#!peft load --model model --path /nonexistent/adapter");
+        Assert.Contains("No adapter directory", missing);
+        // None of it left an adapter behind, and the kernel still runs code.
+        Assert.DoesNotContain(k.CSharp.ScriptState.Variables, v => v.Name == "peft");
+        var events = await k.Submit("1 + 1");
+        Assert.Equal(2, events.OfType<ReturnValueProduced>().Single().Value);
+        Assert.DoesNotContain("   at ", await k.Fails("#!peft attach --model model --targets lin3"));
+        Assert.DoesNotContain("(Parameter", await k.Fails("#!peft attach --model model --method lroa --targets lin0"));
+        Assert.DoesNotContain("Actual value", await k.Fails("#!peft attach --model model --targets lin0 --rank 64"));
+    }
+
+    [Fact]
+    public async Task Unknown_subcommand_or_parameter_is_reported_by_the_kernel()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        var typo = await k.Fails("#!peft attach --model model --targets lin0 --rnk 4");
+        Assert.Contains("unknown parameter '--rnk' (did you mean --rank?)", typo);
+        Assert.Contains("2 matched", await k.Ok("#!peft targets --model model --targets \"re:lin0|head\""));
+        Assert.NotEmpty(await k.Fails("#!peft atach --model model"));
+        var help = await k.Ok("#!peft");
+        Assert.Contains("attach", help);
+        Assert.Contains("--targets", help);
+    }
+
+    [Fact]
+    public async Task Targets_previews_without_changing_the_model()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        var html = await k.Ok("#!peft targets --model model --targets \"re:lin[01]\"");
+        Assert.Contains("2 matched", html);
+        Assert.Contains("head", html);
+        Assert.Empty(k.Value<PeftSharp.Models.Mlp>("model").named_modules().Select(m => m.module).OfType<AdapterLayer>());
+        Assert.Contains("all-linear", await k.Ok("#!peft targets --model model --targets all-linear"));
+    }
+
+    [Fact]
+    public async Task Merge_and_unmerge_keep_the_output_and_flip_the_merged_flag()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --targets lin0,lin1 --rank 4 --init false");
+        await k.Ok("var before = model.call(x);");
+        Assert.Contains("Merged", await k.Ok("#!peft merge --model peft --safe"));
+        Assert.True(k.Value<PeftModel>("peft").Layers.All(l => l.IsMerged));
+        var same = await k.Submit("(model.call(x) - before).abs().max().item<float>() < 1e-5");
+        Assert.True((bool)same.OfType<ReturnValueProduced>().Single().Value!);
+        Assert.Contains("Restored", await k.Ok("#!peft unmerge --model peft"));
+        Assert.True(k.Value<PeftModel>("peft").Layers.All(l => !l.IsMerged));
+        Assert.Contains("No adapter named 'nope'", await k.Fails("#!peft merge --model peft --adapters nope"));
+    }
+
+    [Fact]
+    public async Task Save_then_load_gives_the_same_adapter()
+    {
+        using var k = await TestKernel.StartAsync();
+        var dir = Path.Combine(Path.GetTempPath(), "peftsharp-interactive-tests", Guid.NewGuid().ToString("N"));
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --targets lin0 --rank 2 --init false");
+        Assert.Contains("adapter_model.safetensors", await k.Ok($"#!peft save --model peft --path {dir}"));
+        Assert.True(File.Exists(Path.Combine(dir, "adapter_config.json")));
+        await k.Ok("torch.manual_seed(0); var fresh = new Mlp(16, 32, 8);");
+        Assert.Contains("Loaded", await k.Ok($"#!peft load --model fresh --path {dir} --as loaded"));
+        var same = await k.Submit("(fresh.call(x) - model.call(x)).abs().max().item<float>() < 1e-6");
+        Assert.True((bool)same.OfType<ReturnValueProduced>().Single().Value!);
+        // A wrong file: a directory that is not an adapter.
+        Directory.CreateDirectory(Path.Combine(dir, "empty"));
+        Assert.Contains("has no adapter_config.json", await k.Fails($"#!peft load --model fresh --path {Path.Combine(dir, "empty")} --name other"));
+    }
+
+    [Fact]
+    public async Task Spectrum_ranks_routing_and_methods_show_their_views()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        Assert.Contains("W at lin0", await k.Ok("#!peft spectrum --model model --layer lin0"));
+        await k.Ok("#!peft attach --model model --targets lin0,lin1 --rank 3 --init false");
+        var deltas = await k.Ok("#!peft spectrum --model peft");
+        Assert.Contains("ΔW of adapter 'default' at lin0", deltas);
+        Assert.Contains("ΔW of adapter 'default' at lin1", deltas);
+        Assert.Contains(ChartHtml.ChartClass, deltas);
+        Assert.Contains("W + ΔW", await k.Ok("#!peft spectrum --model peft --layer lin1 --of adapted"));
+        Assert.Contains("delta, weight or adapted", await k.Fails("#!peft spectrum --model peft --of gradient"));
+        Assert.Contains("No module 'lin7'", await k.Fails("#!peft spectrum --model peft --layer lin7"));
+
+        Assert.Contains("total rank 6", await k.Ok("#!peft ranks --model peft"));
+        Assert.Contains("routes between experts", await k.Fails("#!peft routing --model peft"));
+        await k.Ok("var routing = new RoutingWeights([new RoutingLayer(\"lin0\", [\"a\", \"b\"], [\"e0\", \"e1\"], [[0.9, 0.1], [0.2, 0.8]])], \"task\");");
+        Assert.Contains("routing at lin0", await k.Ok("#!peft routing --weights routing"));
+
+        var methods = await k.Ok("#!peft methods");
+        Assert.Contains("dora", methods);
+        Assert.Contains("--rank", methods);
+        Assert.Contains("Unknown method", await k.Fails("#!peft methods --method nope"));
+    }
+
+    [Fact]
+    public async Task Completions_offer_method_names_and_model_variables()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        async Task<IReadOnlyList<string>> Complete(string code)
+        {
+            var result = await k.Root.SendAsync(new RequestCompletions(code, new Microsoft.DotNet.Interactive.LinePosition(0, code.Length)));
+            return result.Events.OfType<CompletionsProduced>().SelectMany(c => c.Completions).Select(c => c.DisplayText).ToList();
+        }
+        Assert.Contains("lora", await Complete("#!peft attach --method "));
+        Assert.Contains("model", await Complete("#!peft summary --model "));
+        Assert.Contains("attach", await Complete("#!peft "));
+    }
+
+    [Fact]
+    public async Task The_live_view_updates_in_place_while_training()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --targets lin0 --rank 2");
+        var events = await k.Submit("""
+            var trainer = new Trainer();
+            var y = torch.randn(4, 8);
+            TrainingLog log;
+            using (LiveTrainingView.Show(trainer, "demo", TimeSpan.Zero))
+                log = trainer.Fit(model, e => new[] { 0 }, _ => torch.nn.functional.mse_loss(model.call(x), y), new TrainerOptions { Epochs = 5 });
+            log
+            """);
+        Assert.Empty(events.OfType<CommandFailed>());
+        var produced = events.OfType<DisplayedValueProduced>().First(e => TestKernel.Html([e]).Contains("peftsharp-live"));
+        var updates = events.OfType<DisplayedValueUpdated>().Where(u => u.ValueId == produced.ValueId).ToList();
+        Assert.True(updates.Count >= 5, $"{updates.Count} updates");
+        Assert.Contains("step 5/5", TestKernel.Html([updates[^1]]));
+        Assert.Contains("steps/s", TestKernel.Html([updates[^1]]));
+        Assert.Contains("<polyline", TestKernel.Html([updates[^1]]));
+        // The returned log renders with its loss chart.
+        Assert.Contains("5 steps", TestKernel.Html(events.OfType<ReturnValueProduced>()));
+    }
+}
