@@ -16,7 +16,7 @@ public static class Formatters
     public static IReadOnlyList<Type> Types { get; } =
     [
         typeof(PeftHtml), typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
-        typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(GenericChart),
+        typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(MethodComparison), typeof(GenericChart),
     ];
 
     /// <summary>Registers every formatter once per process.</summary>
@@ -39,6 +39,7 @@ public static class Formatters
         Formatter.Register<SingularSpectrum>((spectrum, writer) => writer.Write(HtmlViews.Spectrum(spectrum)), html);
         Formatter.Register<RankAllocation>((allocation, writer) => writer.Write(HtmlViews.RankAllocation(allocation)), html);
         Formatter.Register<RoutingWeights>((routing, writer) => writer.Write(HtmlViews.Routing(routing)), html);
+        Formatter.Register<MethodComparison>((comparison, writer) => writer.Write(HtmlViews.Comparison(comparison)), html);
         // Plotly.NET's own GenericChart formatter is a placeholder; charts made in cells render like ours.
         Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.Fragment(chart)), html);
     }

@@ -110,6 +110,20 @@ public static class HtmlViews
             directive.Subcommands.Select(sub => new object?[] { sub.Name, sub.Description,
                 new RawHtml(string.Join("<br/>", sub.Parameters.Select(p => $"{E(p.Name)}{(p.Flag ? " (flag)" : "")}: {E(p.Description)}"))) })) + "</div>";
 
+    /// <summary>A comparison of trained regimes: a table (score, trainable share, time, memory) and the trade-off chart.</summary>
+    public static string Comparison(MethodComparison comparison)
+    {
+        var best = comparison.Best;
+        return "<div class=\"peftsharp-comparison\">" + Line(comparison.Title) + Table(
+            ["regime", comparison.Metric, "trainable parameters", "trainable %", "training time", "peak memory above start"],
+            comparison.Rows.Select(r => new object?[]
+            {
+                r.Name + (r == best ? " (best)" : ""), r.Score.ToString("0.####", CultureInfo.InvariantCulture),
+                r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture), r.TrainablePercent.ToString("0.###", CultureInfo.InvariantCulture),
+                $"{r.TrainingTime.TotalSeconds:0.0} s", Bytes(r.PeakMemoryBytes),
+            })) + ChartHtml.Fragment(PeftCharts.Comparison(comparison)) + "</div>";
+    }
+
     /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>
     public static string Note(string text) => $"<div class=\"peftsharp-note\" style=\"margin:4px 0;color:#555\">{E(text)}</div>";
 

@@ -79,6 +79,17 @@ public static class PeftCharts
         return Style(Chart.Combine(traces), $"{log.Name}: {log.Steps.Count} steps in {log.Duration.TotalSeconds:0.0} s", "step", "loss");
     }
 
+    /// <summary>Score against trainable parameters (log scale), one labelled point per regime: the trade-off every PEFT
+    /// paper draws.</summary>
+    public static GenericChart Comparison(MethodComparison comparison)
+    {
+        ArgumentNullException.ThrowIfNull(comparison);
+        var points = comparison.Rows.Select(r => Chart.Point<long, double, string>([r.TrainableParameters], [r.Score], Name: r.Name,
+            MultiText: new[] { $"{r.Name}: {r.Score:0.###} ({r.TrainablePercent:0.##}% trainable)" }, TextPosition: StyleParam.TextPosition.TopCenter)).ToList();
+        var chart = Style(Chart.Combine(points), comparison.Title, "trainable parameters (log scale)", comparison.Metric);
+        return chart.WithXAxisStyle<double, double, string>(AxisType: StyleParam.AxisType.Log);
+    }
+
     static GenericChart Style(GenericChart chart, string title, string xTitle, string yTitle)
     {
         chart = Plotly.NET.Chart.withTitle(title, FSharpOption<Font>.None).Invoke(chart);

@@ -51,6 +51,24 @@ public sealed class FormatterAndChartTests
     }
 
     [Fact]
+    public void A_comparison_renders_a_table_marking_the_best_and_a_log_scale_tradeoff_chart()
+    {
+        var comparison = new MethodComparison("sentiment")
+            .Add(new ComparisonRow("head only", 770, 22_700_000, 0.81, TimeSpan.FromSeconds(20), 10_000_000))
+            .Add(new ComparisonRow("LoRA r=8", 74_000, 22_700_000, 0.90, TimeSpan.FromSeconds(60), 300_000_000))
+            .Add(new ComparisonRow("full", 22_700_000, 22_700_000, 0.89, TimeSpan.FromSeconds(80), 500_000_000));
+        Assert.Equal("LoRA r=8", comparison.Best!.Name);
+        Assert.Throws<ArgumentException>(() => comparison.Add(new ComparisonRow("full", 1, 1, 0, TimeSpan.Zero, 0)));
+        var html = Html(comparison);
+        Assert.Contains("LoRA r=8 (best)", html);
+        Assert.Contains("0.326", html);   // 74,000 of 22.7 M trainable, in %
+        var figure = GenericChart.toFigureJson(PeftCharts.Comparison(comparison));
+        Assert.Contains("\"type\":\"log\"", figure);
+        Assert.Contains("head only", figure);
+        Assert.Contains(ChartHtml.ChartClass, html);
+    }
+
+    [Fact]
     public void Spectrum_chart_has_the_values_energy_and_rank_marker()
     {
         var spectrum = SingularSpectrum.OfDelta(NewPeft(), "lin0");

@@ -10,6 +10,15 @@ using PeftSharp.Interactive;
 
 namespace PeftSharp.Interactive.Tests;
 
+static class TestProcess
+{
+    // Before any test touches TorchSharp: the native fix and OpenMP threads that sleep rather than spin.
+#pragma warning disable CA2255
+    [System.Runtime.CompilerServices.ModuleInitializer]
+#pragma warning restore CA2255
+    internal static void Initialize() => PeftSharp.Native.TorchSharpNative.EnsureLoadable();
+}
+
 /// <summary>An in-process kernel as a notebook has it: a CompositeKernel with a C# kernel, the extension loaded.</summary>
 sealed class TestKernel : IDisposable
 {

@@ -70,8 +70,8 @@ public sealed class NotebookTests(ITestOutputHelper output)
         output.WriteLine(stdout);
         output.WriteLine($"{notebook}: {clock.Elapsed.TotalSeconds:0.0} s");
         Assert.True(code == 0, $"{notebook} failed:\n{stderr}\n{stdout}");
-        // Notebooks are sized to run in under two minutes on an idle 2-core machine; the guard leaves room for a busy one.
-        Assert.True(clock.Elapsed < TimeSpan.FromMinutes(3), $"{notebook} took {clock.Elapsed.TotalSeconds:0} s; notebooks must stay CPU-sized (under two minutes).");
+        // No time assertion (speed is for benchmarks, not tests): the runner's per-cell timeout stops a hung cell, and the
+        // time is in the test output and the report.
 
         var executed = File.ReadAllText(Path.Combine(outDir, Path.ChangeExtension(notebook, ".ipynb")));
         Assert.Contains("PeftSharp 0.1.0 loaded", executed);

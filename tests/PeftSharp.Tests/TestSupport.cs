@@ -7,6 +7,15 @@ using static TorchSharp.torch;
 
 namespace PeftSharp.Tests;
 
+static class TestProcess
+{
+    // Before any test touches TorchSharp: OpenMP threads that sleep rather than spin (test assemblies run side by side).
+#pragma warning disable CA2255
+    [System.Runtime.CompilerServices.ModuleInitializer]
+#pragma warning restore CA2255
+    internal static void Initialize() => PeftSharp.Native.TorchSharpNative.EnsureLoadable();
+}
+
 static class Tensors
 {
     public static void AssertClose(Tensor expected, Tensor actual, double tolerance, string what)

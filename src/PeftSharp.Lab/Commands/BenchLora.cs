@@ -1,9 +1,9 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using PeftSharp.Adapters;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models;
+using PeftSharp.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -26,7 +26,7 @@ static class BenchLora
         int rounds = arguments.Int("repeats", quick ? 2 : 5);
         int threads = arguments.Int("threads", 2);
         set_num_threads(threads);
-        Memory.ReturnFreedMemory();
+        ProcessMemory.ReturnFreedMemory();
         var options = new TransformerOptions(DModel: 512, Heads: 8, Ffn: 2048, Layers: 4, Outputs: 16);
         long batch = quick ? 4 : 32, length = quick ? 32 : 128;
 
@@ -80,13 +80,13 @@ static class BenchLora
             foreach (var (name, run) in configurations)
             {
                 GC.Collect();
-                Memory.ResetPeak();
-                long before = Memory.Resident();
+                ProcessMemory.ResetPeak();
+                long before = ProcessMemory.Resident();
                 var clock = Stopwatch.StartNew();
                 run();
                 seconds[name].Add(clock.Elapsed.TotalSeconds);
-                peaks[name].Add(Math.Max(0, Memory.Peak() - before));
-                Console.Error.WriteLine($"round {round + 1}/{rounds} {name,-24} {clock.Elapsed.TotalSeconds:0.000} s  +{(Memory.Peak() - before) / 1e6:0} MB");
+                peaks[name].Add(Math.Max(0, ProcessMemory.Peak() - before));
+                Console.Error.WriteLine($"round {round + 1}/{rounds} {name,-24} {clock.Elapsed.TotalSeconds:0.000} s  +{(ProcessMemory.Peak() - before) / 1e6:0} MB");
             }
         }
 
@@ -159,42 +159,5 @@ static class BenchLora
     {
         var sorted = values.Order().ToList();
         return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
-    }
-
-    /// <summary>Process memory on Linux: resident size, and the peak since the last reset (VmHWM).</summary>
-    static class Memory
-    {
-        [DllImport("libc", SetLastError = true)]
-        static extern int mallopt(int param, int value);
-
-        const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3;
-
-        /// <summary>Large blocks straight from mmap and back at free, so resident memory follows live tensors
-        /// (glibc otherwise raises its mmap threshold and keeps freed blocks, hiding each configuration's peak).</summary>
-        public static void ReturnFreedMemory()
-        {
-            if (!OperatingSystem.IsLinux()) return;
-            mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-            mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
-        }
-
-        public static void ResetPeak()
-        {
-            // "5" resets the peak resident set size (Linux 4.0+); without it the peaks are process-wide.
-            try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
-
-        public static long Resident() => Status("VmRSS");
-
-        public static long Peak() => Status("VmHWM");
-
-        static long Status(string field)
-        {
-            if (!OperatingSystem.IsLinux()) return Process.GetCurrentProcess().PeakWorkingSet64;
-            foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith(field + ":", StringComparison.Ordinal))
-                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-            return 0;
-        }
     }
 }

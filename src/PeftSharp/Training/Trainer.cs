@@ -71,8 +71,9 @@ public sealed class Trainer
         if (stepsPerEpoch == 0) throw new ArgumentException("The first epoch has no batches.", nameof(batches));
         int totalSteps = Math.Min(options.MaxSteps ?? int.MaxValue, stepsPerEpoch * options.Epochs);
         var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: options.WeightDecay);
+        ProcessMemory.ResetPeak();
+        long startMemory = ProcessMemory.Resident();
         var clock = Stopwatch.StartNew();
-        var process = Process.GetCurrentProcess();
         int step = 0;
         model.train();
         try
@@ -109,8 +110,6 @@ public sealed class Trainer
                         evaluation = new Evaluation(step, Evaluate(model, evaluate));
                         log.Add(evaluation);
                     }
-                    process.Refresh();
-                    log.PeakWorkingSetBytes = Math.Max(log.PeakWorkingSetBytes, process.WorkingSet64);
                     double perSecond = step / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
                     Progress?.Invoke(new TrainingProgress(step, totalSteps, epoch, lossValue, lr, perSecond, clock.Elapsed,
                         TimeSpan.FromSeconds((totalSteps - step) / Math.Max(perSecond, 1e-9)), evaluation ?? log.LastEvaluation));
@@ -121,6 +120,8 @@ public sealed class Trainer
         {
             model.eval();
             log.Duration = clock.Elapsed;
+            log.PeakWorkingSetBytes = ProcessMemory.Peak();
+            log.PeakAboveStartBytes = Math.Max(0, log.PeakWorkingSetBytes - startMemory);
             optimizer.Dispose();
         }
         return log;

@@ -40,8 +40,13 @@ public sealed class TrainingLog
 
     public TimeSpan Duration { get; internal set; }
 
-    /// <summary>Largest process working set seen during the run, in bytes (CPU memory; includes the runtime).</summary>
+    /// <summary>Largest resident memory of the process during the run, in bytes (CPU memory; includes the runtime and
+    /// everything else the process holds).</summary>
     public long PeakWorkingSetBytes { get; internal set; }
+
+    /// <summary>How far the run's peak rose above the resident memory at its start, in bytes: what the run itself
+    /// needed (see <see cref="ProcessMemory.ReturnFreedMemory"/> for comparing runs in one process).</summary>
+    public long PeakAboveStartBytes { get; internal set; }
 
     public double? FirstLoss => _steps.Count > 0 ? _steps[0].Loss : null;
 
