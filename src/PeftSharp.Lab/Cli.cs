@@ -75,7 +75,7 @@ sealed class Arguments
 
     // Options that take a value; every other --option is a flag.
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache"
-        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads";
+        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 
@@ -94,6 +94,13 @@ sealed class Arguments
     {
         if (!_options.TryGetValue(name, out var value) || value is null) return fallback;
         return int.TryParse(value, out var n) && n > 0 ? n : throw new ArgumentException($"--{name} needs a positive whole number, not '{value}'.");
+    }
+
+    public double Number(string name, double fallback)
+    {
+        if (!_options.TryGetValue(name, out var value) || value is null) return fallback;
+        return double.TryParse(value, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var x) && x > 0
+            ? x : throw new ArgumentException($"--{name} needs a positive number such as 0.002, not '{value}'.");
     }
 
     public string? Text(string name) => _options.TryGetValue(name, out var value) ? value : null;

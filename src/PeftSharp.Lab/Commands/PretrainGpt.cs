@@ -34,7 +34,7 @@ static class PretrainGpt
         {
             Epochs = epochs,
             MaxSteps = arguments.Text("steps") is null ? (quick ? 20 : null) : arguments.Int("steps", 1),
-            LearningRate = 2e-3,
+            LearningRate = arguments.Number("lr", 2e-3),
             WeightDecay = 0.01,
             Schedule = LearningRateSchedule.Cosine,
             WarmupFraction = 0.05,
