@@ -11,8 +11,14 @@ namespace PeftSharp.Tests.Models;
 
 /// <summary>The checkpoints in data/models load and give the numbers their README documents (metrics.json holds them,
 /// written by the run that made the checkpoint).</summary>
-public sealed class PretrainedCheckpointTests
+public sealed class PretrainedCheckpointTests(PretrainedCheckpointTests.LoadedGpt loaded) : IClassFixture<PretrainedCheckpointTests.LoadedGpt>
 {
+    /// <summary>The GPT checkpoint, loaded once for the tests that only read it.</summary>
+    public sealed class LoadedGpt
+    {
+        public PretrainedGpt Gpt { get; } = PretrainedGpt.Load();
+    }
+
     static JsonElement Metrics(string model) =>
         JsonDocument.Parse(File.ReadAllText(Path.Combine(DataDirectory.FindModel(model), "metrics.json"))).RootElement;
 
@@ -20,7 +26,7 @@ public sealed class PretrainedCheckpointTests
     public void The_pretrained_GPT_reproduces_its_documented_validation_loss_on_a_slice()
     {
         var metrics = Metrics(PretrainedGpt.TinyBrown);
-        var gpt = PretrainedGpt.Load();
+        var gpt = loaded.Gpt;
         var validation = LanguageModelSet.Create(Datasets.BrownText(Split.Validation), gpt.Tokenizer, metrics.GetProperty("block_size").GetInt32());
         int blocks = metrics.GetProperty("validation_slice_blocks").GetInt32();
         var (loss, perplexity, tokens) = LanguageModelEvaluation.Evaluate(gpt.Model, validation, batchSize: 16, maxRows: blocks);
@@ -32,7 +38,7 @@ public sealed class PretrainedCheckpointTests
     [Fact]
     public void The_pretrained_GPT_tokenizer_gives_back_every_validation_paragraph()
     {
-        var tokenizer = PretrainedGpt.Load().Tokenizer;
+        var tokenizer = loaded.Gpt.Tokenizer;
         foreach (var text in Datasets.BrownText(Split.Validation).Columns["Text"].Cast<string>())
             Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
     }
@@ -40,7 +46,7 @@ public sealed class PretrainedCheckpointTests
     [Fact]
     public void The_pretrained_GPT_continues_a_prompt_greedily_with_the_same_English_words_every_time()
     {
-        var gpt = PretrainedGpt.Load();
+        var gpt = loaded.Gpt;
         var options = GenerationOptions.Greedy(30) with { StopAtEndOfText = false };
         var first = gpt.Complete("She looked at him and said", options);
         var second = gpt.Complete("She looked at him and said", options);
@@ -52,7 +58,7 @@ public sealed class PretrainedCheckpointTests
     [Fact]
     public void LoRA_on_q_proj_and_v_proj_of_the_pretrained_GPT_takes_two_projections_per_layer()
     {
-        var gpt = PretrainedGpt.Load();
+        var gpt = PretrainedGpt.Load();                                                     // its own copy: LoRA changes the model
         int layers = gpt.Model.Config.Layers;
         var peft = PeftModel.Create(gpt.Model, new LoraConfig { TargetModules = ["q_proj", "v_proj"], R = 8, LoraAlpha = 16 });
         Assert.Equal(Enumerable.Range(0, layers).SelectMany(i => new[] { $"model.layers.{i}.self_attn.q_proj", $"model.layers.{i}.self_attn.v_proj" }),
