@@ -120,6 +120,13 @@ public sealed class GptTests
     }
 
     [Fact]
+    public void A_prompt_id_outside_the_vocabulary_is_refused()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => GptGeneration.Generate(NewModel(), [1, Small.VocabSize]));
+        Assert.Contains($"Prompt id {Small.VocabSize} is outside", e.Message);
+    }
+
+    [Fact]
     public void Sequences_longer_than_the_trained_positions_are_refused_with_the_limit()
     {
         using var scope = NewDisposeScope();

@@ -53,8 +53,9 @@ public static class GptGeneration
         options ??= GenerationOptions.Greedy();
         options.Validate();
         int vocabulary = model.Config.VocabSize;
-        if (prompt.FirstOrDefault(id => id < 0 || id >= vocabulary) is var bad && (bad < 0 || bad >= vocabulary))
-            throw new ArgumentOutOfRangeException(nameof(prompt), bad, $"Prompt id {bad} is outside the model's vocabulary 0..{vocabulary - 1}.");
+        foreach (int id in prompt)
+            if (id < 0 || id >= vocabulary)
+                throw new ArgumentOutOfRangeException(nameof(prompt), id, $"Prompt id {id} is outside the model's vocabulary 0..{vocabulary - 1}; encode the prompt with the model's own tokenizer.");
 
         var context = prompt.Count == 0 ? new List<int> { GptTokenizer.EndOfTextId } : prompt.ToList();
         var generated = new List<int>();
