@@ -28,13 +28,13 @@ static class PretrainGpt
         string output = arguments.Text("out") ?? (quick ? Path.Combine(Repository.Root(), "artifacts", "pretrain-gpt-quick") : Path.Combine(Repository.Root(), "data", "models", PretrainedGpt.TinyBrown));
         int blockSize = arguments.Int("block", quick ? 32 : 128);
         int batchSize = arguments.Int("batch", 16);
-        int epochs = arguments.Int("epochs", quick ? 1 : 3);
+        int epochs = arguments.Int("epochs", quick ? 1 : 8);
         int minCount = arguments.Int("min-count", 5);
         var hyper = new TrainerOptions
         {
             Epochs = epochs,
             MaxSteps = arguments.Text("steps") is null ? (quick ? 20 : null) : arguments.Int("steps", 1),
-            LearningRate = arguments.Number("lr", 2e-3),
+            LearningRate = arguments.Number("lr", 3e-3),
             WeightDecay = 0.01,
             Schedule = LearningRateSchedule.Cosine,
             WarmupFraction = 0.05,
@@ -108,8 +108,8 @@ static class PretrainGpt
         {
             string greedy = loaded.Complete(prompt, GenerationOptions.Greedy(30));
             string sampled = loaded.Complete(prompt, GenerationOptions.Sampled(0.8, 40, Seed, 30));
-            samples.AppendLine($"- prompt `{prompt}`").AppendLine($"  - greedy: {prompt}**{greedy.ReplaceLineEndings(" ")}**")
-                   .AppendLine($"  - sampled (temperature 0.8, top-k 40, seed {Seed}): {prompt}**{sampled.ReplaceLineEndings(" ")}**");
+            samples.AppendLine($"- prompt `{prompt}`").AppendLine($"  - greedy: **{prompt}**{greedy.ReplaceLineEndings(" ")}")
+                   .AppendLine($"  - sampled (temperature 0.8, top-k 40, seed {Seed}): **{prompt}**{sampled.ReplaceLineEndings(" ")}");
         }
         Console.Write(samples.ToString().Replace("**", ""));
 
