@@ -249,6 +249,20 @@ public sealed class AdapterBehaviourTests
         }
     }
 
+    [Theory, MemberData(nameof(MethodMatrix.NotPerRow), MemberType = typeof(MethodMatrix))]
+    public void A_method_that_acts_on_the_whole_batch_refuses_per_row_adapters(string name)
+    {
+        var c = MethodMatrix.Get(name);
+        var model = c.NewModel();
+        var peft = c.Attach(model);
+        peft.AddAdapter("other", c.SecondConfig());
+        var x = c.NewInput();
+        var error = Assert.Throws<NotSupportedException>(() => peft.Forward(x, ["default", "other", AdapterLayer.BaseOnly, "default"]));
+        Assert.Contains(c.Config().MethodName, error.Message);
+        Assert.Contains("one batch per adapter", error.Message);
+        using var output = model.call(x);   // the model still runs normally
+    }
+
     [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
     public void Deleting_adapters_removes_every_trace(string name)
     {

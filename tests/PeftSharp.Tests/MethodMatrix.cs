@@ -141,6 +141,13 @@ public static class MethodMatrix
         new("bert-bitfit-attention", TinyBertModel, TinyBertInput, () => new BitFitConfig { TargetModules = TargetModules.Regex(@".*attention.*") }),
         new("block-ln-tuning", Block, BlockInput, () => new LnTuningConfig { TargetModules = ["ln1", "ln2"] }),
         new("bert-ln-tuning", TinyBertModel, TinyBertInput, () => new LnTuningConfig { TargetModules = ["LayerNorm"] }),
+        // Prompts and prefixes (model hooks): not the identity at init, no merge, one adapter per batch.
+        new("bert-prompt-tuning", TinyBertModel, TinyBertInput, () => new PromptTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prompt-tuning-from-vocabulary", TinyBertModel, TinyBertInput, () => new PromptTuningConfig { NumVirtualTokens = 4, PromptTuningInit = PromptTuningInit.SampleVocab },
+            CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prefix-tuning", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prefix-tuning-mlp", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 2, PrefixProjection = true, EncoderHiddenSize = 8 },
+            CanMerge: false, IdentityAtInit: false, PerRow: false),
         new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false),
     ];
 
@@ -153,6 +160,8 @@ public static class MethodMatrix
     public static IEnumerable<object[]> IdentityAtInit => Cases.Where(c => c.IdentityAtInit).Select(c => new object[] { c.Name });
 
     public static IEnumerable<object[]> PerRow => Cases.Where(c => c.PerRow).Select(c => new object[] { c.Name });
+
+    public static IEnumerable<object[]> NotPerRow => Cases.Where(c => !c.PerRow).Select(c => new object[] { c.Name });
 
     public static MatrixCase Get(string name) => Cases.Single(c => c.Name == name);
 }

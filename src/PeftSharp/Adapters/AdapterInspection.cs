@@ -43,6 +43,11 @@ public sealed record AdapterInspection(
         var byModule = new Dictionary<string, List<SafeTensorInfo>>();
         foreach (var t in tensors)
         {
+            if (config is PeftSharp.Methods.Activation.PromptLearningConfig && t.Name == PeftSharp.Methods.Activation.PromptLearningConfig.FileKey)
+            {
+                other.Add(t);   // PEFT's prompt-learning tensor has no module path
+                continue;
+            }
             if (!t.Name.StartsWith(AdapterFiles.KeyPrefix, StringComparison.Ordinal))
             {
                 problems.Add($"tensor '{t.Name}' does not start with '{AdapterFiles.KeyPrefix}' as PEFT's keys do.");

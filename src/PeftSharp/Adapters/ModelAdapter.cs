@@ -35,9 +35,9 @@ public abstract class ModelAdapter : Module
     internal void SetOn(Module model, bool on)
     {
         if (on == IsOn) return;
-        IsOn = on;
         if (on) Activate(model);
         else Deactivate(model);
+        IsOn = on;
     }
 
     /// <summary>Plugs the adapter into the model's hooks (e.g. <c>BertModel.AttentionPrefix</c>). Called when the
@@ -46,6 +46,10 @@ public abstract class ModelAdapter : Module
 
     /// <summary>Takes the adapter out of the model's hooks again.</summary>
     protected virtual void Deactivate(Module model) { }
+
+    /// <summary>The adapter's config with what the model decides filled in (prompt tuning's <c>token_dim</c>,
+    /// <c>num_layers</c>, ...), as it is kept and saved. By default unchanged.</summary>
+    public virtual AdapterConfig Complete(AdapterConfig config) => config;
 
     /// <summary>The tensors of <c>adapter_model.safetensors</c> that load into this module, by their full key, with the
     /// parameter each goes into. By default <c>base_model.model.&lt;parameter name&gt;</c> for every parameter.</summary>

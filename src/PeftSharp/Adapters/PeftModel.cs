@@ -223,7 +223,7 @@ public sealed class PeftModel
         foreach (var (path, copy) in copies) copy.train(BaseLayerAt(path).training);
         if (initialize)
             foreach (var (path, adapter) in adapters) adapter.OnAttached(BaseLayerAt(path));
-        _adapters.Add((adapterName, config));
+        _adapters.Add((adapterName, modelAdapter?.Complete(config) ?? config));
         afterAttach?.Invoke(copies);
         SyncLayers();
     }

@@ -62,6 +62,19 @@ public static class MethodList
         new("activation", "string", "relu", "non_linearity of F and G"),
     ];
 
+    static readonly MethodParameter[] PromptParameters =
+    [
+        new("tokens", "int", "20", "num_virtual_tokens: P"),
+        new("init", "string", "random", "prompt_tuning_init: random | sample_vocab (text needs token ids: use the library)"),
+    ];
+
+    static readonly MethodParameter[] PrefixParameters =
+    [
+        new("tokens", "int", "20", "num_virtual_tokens: P"),
+        new("projection", "bool", "false", "prefix_projection: reparameterise by an MLP"),
+        new("hidden", "int", "", "encoder_hidden_size of the MLP (default: the model width)"),
+    ];
+
     static readonly MethodParameter[] IA3Parameters =
     [
         new("feedforward", "string", "", "feedforward_modules: comma-separated targets whose input is scaled (e.g. output.dense)"),
@@ -97,6 +110,10 @@ public static class MethodList
             [], (targets, options) => Checked("bitfit", options, [], new BitFitConfig { TargetModules = targets })),
         new("ln-tuning", "Activation", "a trainable copy of each LayerNorm (gain and bias)", "Zhao et al. 2023 (LN tuning)", true,
             [], (targets, options) => Checked("ln-tuning", options, [], new LnTuningConfig { TargetModules = targets })),
+        new("prompt-tuning", "Activation", "P trainable embeddings before the input embeddings", "Lester et al. 2021", false,
+            PromptParameters, (_, options) => Prompt(options)),
+        new("prefix-tuning", "Activation", "per layer K' = [P_K; K], V' = [P_V; V], optionally P = MLP(P')", "Li and Liang 2021", false,
+            PrefixParameters, (_, options) => Prefix(options)),
         new("ia3", "Activation", "k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN W_2 (l_ff ⊙ f(W_1 x)), l = 1 at init", "Liu et al. 2022 ((IA)³)", true,
             IA3Parameters, (targets, options) => IA3(targets, options)),
     ];
@@ -110,6 +127,8 @@ public static class MethodList
         ["INVERTIBLE"] = InvertibleAdapterConfig.FromPeftJson,
         ["BITFIT"] = BitFitConfig.FromPeftJson,
         ["LN_TUNING"] = LnTuningConfig.FromPeftJson,
+        ["PROMPT_TUNING"] = PromptTuningConfig.FromPeftJson,
+        ["PREFIX_TUNING"] = PrefixTuningConfig.FromPeftJson,
     };
 
     public static IReadOnlyCollection<string> PeftTypes => Readers.Keys;
@@ -217,6 +236,32 @@ public static class MethodList
             InverseModules = Names(options, "inverse"),
             ReductionFactor = Number(options, "reduction", 2),
             NonLinearity = Option(options, "activation", "relu"),
+        };
+    }
+
+    static PromptTuningConfig Prompt(IReadOnlyDictionary<string, string> options)
+    {
+        CheckKnown("prompt-tuning", options, PromptParameters);
+        return new PromptTuningConfig
+        {
+            NumVirtualTokens = (int)Number(options, "tokens", 20),
+            PromptTuningInit = Option(options, "init", "random").ToLowerInvariant() switch
+            {
+                "random" => PromptTuningInit.Random,
+                "sample_vocab" => PromptTuningInit.SampleVocab,
+                var other => throw new ArgumentException($"init must be random or sample_vocab, not '{other}' (TEXT needs token ids: set PromptTuningConfig.InitTokenIds in code)."),
+            },
+        };
+    }
+
+    static PrefixTuningConfig Prefix(IReadOnlyDictionary<string, string> options)
+    {
+        CheckKnown("prefix-tuning", options, PrefixParameters);
+        return new PrefixTuningConfig
+        {
+            NumVirtualTokens = (int)Number(options, "tokens", 20),
+            PrefixProjection = Flag(options, "projection", false),
+            EncoderHiddenSize = options.TryGetValue("hidden", out var hidden) ? int.Parse(hidden, CultureInfo.InvariantCulture) : null,
         };
     }
 
