@@ -91,6 +91,10 @@ public static class MethodMatrix
     static Module<Tensor, Tensor> TinyBertModel() => new TinyBert();
     static Tensor TinyBertInput() => randint(0, TinyBert.Vocabulary, [4, 6], dtype: ScalarType.Int64);
 
+    static AdapterConfig FfnBottleneck() => new BottleneckConfig { TargetModules = ["fc2"], BottleneckSize = 4 };
+    static AdapterConfig MlpLora() => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 2 };
+    static AdapterConfig BertPfeiffer() => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 };
+
     public static readonly IReadOnlyList<MatrixCase> Cases =
     [
         new("mlp-lora", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, LoraAlpha = 8 }),
@@ -148,6 +152,17 @@ public static class MethodMatrix
         new("bert-prefix-tuning", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
         new("bert-prefix-tuning-mlp", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 2, PrefixProjection = true, EncoderHiddenSize = 8 },
             CanMerge: false, IdentityAtInit: false, PerRow: false),
+        // Compositions over frozen source adapters (added and perturbed first): only the composition trains.
+        new("block-scalearn", Block, BlockInput, () => new ScaLearnConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
+        new("mlp-scalearn-scalar-over-lora", MlpModel, MlpInput, () => new ScaLearnConfig { TargetModules = ["lin0", "lin1"], SourceAdapters = ["src0", "src1"], Kind = ScaLearnKind.Scalar },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", MlpLora), ("src1", MlpLora)]),
+        new("bert-scalearn-plus-plus", TinyBertModel, TinyBertInput, () => new ScaLearnConfig
+        {
+            TargetModules = TargetModules.Regex(BottleneckConfig.PfeifferTargets), SourceAdapters = ["src0", "src1"], Kind = ScaLearnKind.SharedVector,
+        }, CanMerge: false, IdentityAtInit: false, Sources: [("src0", BertPfeiffer), ("src1", BertPfeiffer)]),
+        new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
         new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false),
     ];
 

@@ -75,6 +75,13 @@ public static class MethodList
         new("hidden", "int", "", "encoder_hidden_size of the MLP (default: the model width)"),
     ];
 
+    static readonly MethodParameter[] CompositionParameters =
+    [
+        new("sources", "string", "", "source_adapters: comma-separated names of the frozen adapters to compose"),
+        new("kind", "string", "vector", "scalearn_kind: vector | scalar | vector_shared | scalar_shared"),
+        new("init", "float", "1/K", "init_scale: the start value of every scale"),
+    ];
+
     static readonly MethodParameter[] IA3Parameters =
     [
         new("feedforward", "string", "", "feedforward_modules: comma-separated targets whose input is scaled (e.g. output.dense)"),
@@ -114,6 +121,11 @@ public static class MethodList
             PromptParameters, (_, options) => Prompt(options)),
         new("prefix-tuning", "Activation", "per layer K' = [P_K; K], V' = [P_V; V], optionally P = MLP(P')", "Li and Liang 2021", false,
             PrefixParameters, (_, options) => Prefix(options)),
+        new("scalearn", "Activation", "o = h + Σ_k λ_k ⊙ Δ_k(h) over frozen source adapters; λ vector/scalar, per layer or shared", "Frohmann et al. 2023 (ScaLearn)", false,
+            CompositionParameters, (targets, options) => ScaLearn(targets, options)),
+        new("adapter-fusion", "Activation", "o = h + Σ_k softmax_k((Q h)·(K Δ_k)) V Δ_k over frozen source adapters", "Pfeiffer et al. 2021 (AdapterFusion)", false,
+            CompositionParameters.Take(1).ToArray(), (targets, options) => Checked("adapter-fusion", options, CompositionParameters.Take(1).ToArray(),
+                new AdapterFusionConfig { TargetModules = targets, SourceAdapters = Names(options, "sources")?.Names ?? [] })),
         new("ia3", "Activation", "k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN W_2 (l_ff ⊙ f(W_1 x)), l = 1 at init", "Liu et al. 2022 ((IA)³)", true,
             IA3Parameters, (targets, options) => IA3(targets, options)),
     ];
@@ -129,6 +141,8 @@ public static class MethodList
         ["LN_TUNING"] = LnTuningConfig.FromPeftJson,
         ["PROMPT_TUNING"] = PromptTuningConfig.FromPeftJson,
         ["PREFIX_TUNING"] = PrefixTuningConfig.FromPeftJson,
+        ["SCALEARN"] = ScaLearnConfig.FromPeftJson,
+        ["ADAPTER_FUSION"] = AdapterFusionConfig.FromPeftJson,
     };
 
     public static IReadOnlyCollection<string> PeftTypes => Readers.Keys;
@@ -262,6 +276,25 @@ public static class MethodList
             NumVirtualTokens = (int)Number(options, "tokens", 20),
             PrefixProjection = Flag(options, "projection", false),
             EncoderHiddenSize = options.TryGetValue("hidden", out var hidden) ? int.Parse(hidden, CultureInfo.InvariantCulture) : null,
+        };
+    }
+
+    static ScaLearnConfig ScaLearn(TargetModules targets, IReadOnlyDictionary<string, string> options)
+    {
+        CheckKnown("scalearn", options, CompositionParameters);
+        return new ScaLearnConfig
+        {
+            TargetModules = targets,
+            SourceAdapters = Names(options, "sources")?.Names ?? [],
+            Kind = Option(options, "kind", "vector") switch
+            {
+                "vector" => ScaLearnKind.Vector,
+                "scalar" => ScaLearnKind.Scalar,
+                "vector_shared" => ScaLearnKind.SharedVector,
+                "scalar_shared" => ScaLearnKind.SharedScalar,
+                var other => throw new ArgumentException($"kind must be vector, scalar, vector_shared or scalar_shared, not '{other}'."),
+            },
+            InitialScale = options.TryGetValue("init", out var init) ? double.Parse(init, CultureInfo.InvariantCulture) : null,
         };
     }
 
