@@ -119,3 +119,54 @@ public sealed class ModuleAdapterTests
         Assert.Contains("phm_dim 3", error.Message);
     }
 }
+
+/// <summary>The MLM head the invertible language adapter is trained with.</summary>
+public sealed class MaskedLanguageModelTests
+{
+    static PeftSharp.Models.Bert.BertForMaskedLM TinyMlm()
+    {
+        manual_seed(5);
+        var mlm = new PeftSharp.Models.Bert.BertForMaskedLM(new PeftSharp.Models.Bert.BertModel(new PeftSharp.Models.Bert.BertConfig
+        {
+            VocabSize = 50, HiddenSize = 16, NumHiddenLayers = 1, NumAttentionHeads = 2, IntermediateSize = 32, MaxPositionEmbeddings = 16,
+            HiddenDropoutProb = 0, AttentionProbsDropoutProb = 0, AddPoolingLayer = false,
+        }));
+        mlm.eval();
+        return mlm;
+    }
+
+    [Fact]
+    public void The_MLM_head_has_Hugging_Face_names_and_a_decoder_tied_to_the_word_embeddings()
+    {
+        var mlm = TinyMlm();
+        var keys = mlm.state_dict().Keys.ToList();
+        Assert.Contains("cls.predictions.transform.dense.weight", keys);
+        Assert.Contains("cls.predictions.transform.LayerNorm.weight", keys);
+        Assert.Contains("cls.predictions.bias", keys);
+        Assert.DoesNotContain(keys, k => k.Contains("decoder"));   // tied: no weight of its own
+        using var ids = randint(0, 50, [2, 5], dtype: ScalarType.Int64);
+        using var logits = mlm.call(ids, null, null);
+        Assert.Equal(new long[] { 2, 5, 50 }, logits.shape);
+    }
+
+    [Fact]
+    public void An_invertible_adapter_at_the_embeddings_and_inverted_before_the_head_is_the_identity_at_init_and_inverts_exactly()
+    {
+        var mlm = TinyMlm();
+        using var ids = randint(0, 50, [2, 5], dtype: ScalarType.Int64);
+        using var before = mlm.call(ids, null, null);
+        var peft = PeftModel.Create(mlm, new InvertibleAdapterConfig
+        {
+            TargetModules = ["embeddings.LayerNorm", "cls.predictions.transform.dense"], InverseModules = ["cls.predictions.transform.dense"],
+        });
+        using var after = mlm.call(ids, null, null);
+        Tensors.AssertEqual(before, after, "invertible adapter at init");
+        Tensors.PerturbAdapters(peft, "default", 0.5);
+        var coupling = (NiceCoupling)peft.ModelAdapters["default"];
+        using var x = randn(2, 5, 16);
+        using var forward = coupling.Forward(x);
+        using var back = coupling.Inverse(forward);
+        Tensors.AssertDifferent(x, forward, "coupling after training-like noise");
+        Tensors.AssertClose(x, back, 1e-5, "inverse(forward(x))");
+    }
+}
