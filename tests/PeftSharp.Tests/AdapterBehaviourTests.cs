@@ -8,14 +8,14 @@ namespace PeftSharp.Tests;
 /// <summary>Every behaviour an adapted model promises, run over every row of <see cref="MethodMatrix"/>.</summary>
 public sealed class AdapterBehaviourTests
 {
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.IdentityAtInit), MemberType = typeof(MethodMatrix))]
     public void An_adapter_at_init_leaves_the_output_unchanged(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
         var x = c.NewInput();
         using var before = model.call(x);
-        PeftModel.Create(model, c.Config());
+        c.Attach(model);
         using var after = model.call(x);
         Tensors.AssertClose(before, after, c.ChangesBase ? c.Tolerance : 0, "output at init vs base");
     }
@@ -25,7 +25,7 @@ public sealed class AdapterBehaviourTests
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         model.train();
         var x = c.NewInput();
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToHashSet();
@@ -54,14 +54,40 @@ public sealed class AdapterBehaviourTests
     // The base model's own parameters: under base_layer / original_module, or never wrapped. Biases trained by
     // bias="all" / "lora_only" are the exception PEFT makes on purpose.
     static bool IsAdapterOrSaved(string path, PeftModel peft) =>
-        path.Contains(".adapters.") || path.Contains(".modules_to_save.") || peft.TrainableBaseParameters(PeftModel.DefaultAdapterName).Contains(path);
+        path.Contains(".adapters.") || path.Contains(".modules_to_save.") || path.StartsWith("model_adapters.")
+        || peft.TrainableBaseParameters(PeftModel.DefaultAdapterName).Contains(path);
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    static bool IsAdapterOf(string path, string adapterName) =>
+        path.Contains($".adapters.{adapterName}.") || path.StartsWith($"model_adapters.{adapterName}.") || path.Contains($".modules_to_save.{adapterName}.");
+
+    [Theory, MemberData(nameof(MethodMatrix.NotMergeable), MemberType = typeof(MethodMatrix))]
+    public void A_method_that_cannot_merge_says_so_and_changes_nothing(string name)
+    {
+        var c = MethodMatrix.Get(name);
+        var model = c.NewModel();
+        var peft = c.Attach(model);
+        Tensors.PerturbAdapters(peft, "default");
+        var x = c.NewInput();
+        using var before = model.call(x);
+        var weights = Tensors.Snapshot(model);
+
+        var error = Assert.Throws<NotSupportedException>(() => peft.Merge());
+        Assert.Contains("cannot be merged", error.Message);
+        Assert.Contains(c.Config().MethodName, error.Message);
+        Assert.Throws<NotSupportedException>(() => peft.MergeAndUnload());
+        Assert.All(peft.Layers, l => Assert.False(l.IsMerged));
+        foreach (var (path, p) in model.named_parameters()) Assert.True(Tensors.Same(p, weights[path]), $"{path} changed by a refused merge.");
+        using var after = model.call(x);
+        Tensors.AssertEqual(before, after, "output after a refused merge");
+        peft.SetActiveAdapters("default");   // still usable
+    }
+
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void Merged_output_equals_unmerged_output(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var x = c.NewInput();
         using var unmerged = model.call(x);
@@ -71,12 +97,12 @@ public sealed class AdapterBehaviourTests
         Tensors.AssertClose(unmerged, merged, c.Tolerance, "merged vs unmerged");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void Unmerge_restores_the_base_weights(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var before = Tensors.Snapshot(model);
         peft.Merge();
@@ -87,13 +113,13 @@ public sealed class AdapterBehaviourTests
             Tensors.AssertClose(before[path], p, 1e-5, $"{path} after unmerge");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void Merge_and_unload_leaves_a_plain_model_with_the_adapted_output(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
         var plainKeys = c.NewModel().state_dict().Keys.ToList();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var x = c.NewInput();
         using var adapted = model.call(x);
@@ -112,7 +138,7 @@ public sealed class AdapterBehaviourTests
         var model = c.NewModel();
         var x = c.NewInput();
         using var original = model.call(x);
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         using var adapted = model.call(x);
         Tensor disabled;
@@ -135,12 +161,12 @@ public sealed class AdapterBehaviourTests
         Tensors.AssertEqual(baseOutput, disabled, "disabled vs unloaded residual base");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void Disabling_a_merged_model_unmerges_it_and_gives_the_base_output(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var x = c.NewInput();
         Tensor baseOutput;
@@ -159,7 +185,7 @@ public sealed class AdapterBehaviourTests
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var x = c.NewInput();
         using var expected = model.call(x);
@@ -167,11 +193,13 @@ public sealed class AdapterBehaviourTests
         peft.Save(directory);
 
         var fresh = c.NewModel();
-        var loaded = PeftModel.Load(fresh, directory);
+        var loaded = c.Load(fresh, directory);
         using var actual = fresh.call(x);
-        Tensors.AssertClose(expected, actual, c.ChangesBase ? c.Tolerance : 0, "loaded vs saved");
+        Tensors.AssertClose(expected, actual, c.ExactTolerance, "loaded vs saved");
         Assert.Equal(["default"], loaded.ActiveAdapters);
-        Assert.All(fresh.parameters(), p => Assert.False(p.requires_grad));
+        if (c.Sources is null) Assert.All(fresh.parameters(), p => Assert.False(p.requires_grad));
+        else   // activating the composition makes it (only it) trainable; its loaded sources stay frozen
+            Assert.All(fresh.named_parameters().Where(p => p.parameter.requires_grad), p => Assert.True(IsAdapterOf(p.name, "default"), $"{p.name} is trainable."));
     }
 
     [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
@@ -179,7 +207,7 @@ public sealed class AdapterBehaviourTests
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         peft.AddAdapter("other", c.SecondConfig());
         Tensors.PerturbAdapters(peft, "default");
         Tensors.PerturbAdapters(peft, "other");
@@ -193,12 +221,12 @@ public sealed class AdapterBehaviourTests
         Tensors.AssertEqual(first, firstAgain, "switching back to 'default'");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.PerRow), MemberType = typeof(MethodMatrix))]
     public void Rows_of_a_mixed_batch_equal_separate_runs(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         peft.AddAdapter("other", c.SecondConfig());
         Tensors.PerturbAdapters(peft, "default");
         Tensors.PerturbAdapters(peft, "other");
@@ -221,6 +249,20 @@ public sealed class AdapterBehaviourTests
         }
     }
 
+    [Theory, MemberData(nameof(MethodMatrix.NotPerRow), MemberType = typeof(MethodMatrix))]
+    public void A_method_that_acts_on_the_whole_batch_refuses_per_row_adapters(string name)
+    {
+        var c = MethodMatrix.Get(name);
+        var model = c.NewModel();
+        var peft = c.Attach(model);
+        peft.AddAdapter("other", c.SecondConfig());
+        var x = c.NewInput();
+        var error = Assert.Throws<NotSupportedException>(() => peft.Forward(x, ["default", "other", AdapterLayer.BaseOnly, "default"]));
+        Assert.Contains(c.Config().MethodName, error.Message);
+        Assert.Contains("one batch per adapter", error.Message);
+        using var output = model.call(x);   // the model still runs normally
+    }
+
     [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
     public void Deleting_adapters_removes_every_trace(string name)
     {
@@ -229,13 +271,14 @@ public sealed class AdapterBehaviourTests
         var plainKeys = c.NewModel().state_dict().Keys.ToList();
         var x = c.NewInput();
         using var original = model.call(x);
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         peft.AddAdapter("other", c.SecondConfig());
         peft.DeleteAdapter("other");
         Assert.DoesNotContain(model.state_dict().Keys, k => k.Contains(".other."));
-        Assert.Equal(["default"], peft.AdapterNames);
+        Assert.Equal(["default", .. (c.Sources ?? []).Select(s => s.Name)], peft.AdapterNames.OrderBy(n => n != "default").ToList());
 
         peft.DeleteAdapter("default");
+        foreach (var (source, _) in c.Sources ?? []) peft.DeleteAdapter(source);
         Assert.Empty(peft.AdapterNames);
         Assert.DoesNotContain(model.modules(), m => m is AdapterLayer or ModulesToSaveWrapper);
         Assert.Equal(plainKeys, model.state_dict().Keys.ToList());
@@ -243,12 +286,12 @@ public sealed class AdapterBehaviourTests
         if (!c.ChangesBase) Tensors.AssertEqual(original, after, "output after deleting every adapter");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void A_second_merge_changes_nothing(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         peft.Merge();
         var once = Tensors.Snapshot(model);
@@ -257,12 +300,12 @@ public sealed class AdapterBehaviourTests
             Tensors.AssertEqual(once[path], p, $"{path} after a second merge");
     }
 
-    [Theory, MemberData(nameof(MethodMatrix.Names), MemberType = typeof(MethodMatrix))]
+    [Theory, MemberData(nameof(MethodMatrix.Mergeable), MemberType = typeof(MethodMatrix))]
     public void A_safe_merge_of_a_NaN_adapter_raises_and_changes_nothing(string name)
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         Tensors.PerturbAdapters(peft, "default");
         var broken = peft.Layers[^1];
         using (no_grad()) broken["default"].parameters().First().fill_(float.NaN);
@@ -280,7 +323,7 @@ public sealed class AdapterBehaviourTests
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        PeftModel.Create(model, c.Config());
+        c.Attach(model);
         model.train();
         var x = c.NewInput();
         using var target = randn_like(model.call(x).detach());
@@ -307,7 +350,7 @@ public sealed class AdapterBehaviourTests
     {
         var c = MethodMatrix.Get(name);
         var model = c.NewModel();
-        var peft = PeftModel.Create(model, c.Config());
+        var peft = c.Attach(model);
         model.train();
         var x = c.NewInput();
         var optimizer = optim.AdamW(model.parameters().Where(p => p.requires_grad), lr: 1e-3);

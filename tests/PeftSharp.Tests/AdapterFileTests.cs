@@ -89,8 +89,8 @@ public sealed class AdapterFileTests
     public void A_config_for_another_method_names_the_method_and_what_is_read()
     {
         var directory = SavedAdapter();
-        EditConfig(directory, json => json["peft_type"] = "IA3");
-        AssertLoadFails<AdapterConfigException>(directory, ConfigPath(directory), "'IA3'", "LORA");
+        EditConfig(directory, json => json["peft_type"] = "BOFT");
+        AssertLoadFails<AdapterConfigException>(directory, ConfigPath(directory), "'BOFT'", "LORA");
     }
 
     [Fact]

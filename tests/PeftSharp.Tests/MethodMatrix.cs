@@ -1,5 +1,8 @@
 using PeftSharp.Adapters;
+using PeftSharp.Methods.Activation;
+using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Models.Bert;
 using PeftSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -10,9 +13,41 @@ namespace PeftSharp.Tests;
 /// <summary>One row of the method matrix: a toy model, its input, and an adapter config.</summary>
 /// <param name="ChangesBase">The init rewrites the base weight as a residual (PiSSA, OLoRA): outputs agree to float
 /// rounding rather than bit for bit, and "the base" means the residual model.</param>
+/// <param name="CanMerge">The method folds into the weights; rows that cannot are asserted to refuse clearly instead.</param>
+/// <param name="IdentityAtInit">A fresh adapter leaves the output unchanged (not so for compositions over trained sources).</param>
+/// <param name="PerRow">Rows of a batch can use different adapters; rows that cannot are asserted to refuse clearly.</param>
+/// <param name="Sources">Adapters the row's adapter composes (ScaLearn, AdapterFusion): added (and perturbed) first.</param>
 public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model, Func<Tensor> Input, Func<AdapterConfig> Config,
-                                bool ChangesBase = false)
+                                bool ChangesBase = false, bool CanMerge = true, bool IdentityAtInit = true, bool PerRow = true,
+                                IReadOnlyList<(string Name, Func<AdapterConfig> Config)>? Sources = null, double RoundingTolerance = 0)
 {
+    /// <summary>How far two runs that should agree bit for bit may differ: 0, except where a kernel may round
+    /// differently (oneDNN's convolution on a reloaded weight) or the base was rewritten.</summary>
+    public double ExactTolerance => ChangesBase ? Tolerance : RoundingTolerance;
+
+    /// <summary>Puts the row's adapter into <paramref name="model"/> as "default" (after its sources) and activates it.</summary>
+    public PeftModel Attach(Module model)
+    {
+        if (Sources is not { Count: > 0 }) return PeftModel.Create(model, Config());
+        var peft = PeftModel.Create(model, Sources[0].Config(), Sources[0].Name);
+        foreach (var (name, config) in Sources.Skip(1)) peft.AddAdapter(name, config());
+        foreach (var (name, _) in Sources) Tensors.PerturbAdapters(peft, name, 0.3);
+        peft.AddAdapter(PeftModel.DefaultAdapterName, Config());
+        peft.SetActiveAdapters(PeftModel.DefaultAdapterName);
+        return peft;
+    }
+
+    /// <summary>Loads what <see cref="PeftModel.Save"/> wrote for this row (sources first) and activates "default".</summary>
+    public PeftModel Load(Module model, string directory)
+    {
+        if (Sources is not { Count: > 0 }) return PeftModel.Load(model, directory);
+        var peft = PeftModel.Load(model, Path.Combine(directory, Sources[0].Name), Sources[0].Name);
+        foreach (var (name, _) in Sources.Skip(1)) peft.LoadAdapter(Path.Combine(directory, name), name);
+        peft.LoadAdapter(directory, PeftModel.DefaultAdapterName);
+        peft.SetActiveAdapters(PeftModel.DefaultAdapterName);
+        return peft;
+    }
+
     public double Tolerance => ChangesBase ? 2e-5 : 1e-5;
 
     /// <summary>A second adapter for the two-adapter behaviours: the same method, except that methods which rewrite
@@ -53,6 +88,13 @@ public static class MethodMatrix
 
     static readonly string[] BlockTargets = ["q", "k", "v", "o", "fc1", "fc2"];
 
+    static Module<Tensor, Tensor> TinyBertModel() => new TinyBert();
+    static Tensor TinyBertInput() => randint(0, TinyBert.Vocabulary, [4, 6], dtype: ScalarType.Int64);
+
+    static AdapterConfig FfnBottleneck() => new BottleneckConfig { TargetModules = ["fc2"], BottleneckSize = 4 };
+    static AdapterConfig MlpLora() => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 2 };
+    static AdapterConfig BertPfeiffer() => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 };
+
     public static readonly IReadOnlyList<MatrixCase> Cases =
     [
         new("mlp-lora", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, LoraAlpha = 8 }),
@@ -73,9 +115,100 @@ public static class MethodMatrix
         new("block-pissa", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Pissa }, ChangesBase: true),
         new("tokens-lora-embedding", TokenModel, TokenInput, () => new LoraConfig { TargetModules = ["embed", "q", "v"], R = 4 }),
         new("tokens-lora-all-linear", TokenModel, TokenInput, () => new LoraConfig { TargetModules = TargetModules.AllLinear, R = 2 }),
+
+        // (IA)³: output scaling on lin0 / k / v, input scaling on the feed-forward modules.
+        new("mlp-ia3", MlpModel, MlpInput, () => new IA3Config { TargetModules = ["lin0", "lin1"], FeedforwardModules = ["lin1"] }),
+        new("block-ia3", Block, BlockInput, () => new IA3Config { TargetModules = ["k", "v", "fc2"], FeedforwardModules = ["fc2"] }),
+
+        // Bottleneck adapters (cannot merge).
+        new("mlp-bottleneck", MlpModel, MlpInput, () => new BottleneckConfig { TargetModules = ["lin0", "lin1"], BottleneckSize = 4, NonLinearity = "swish" }, CanMerge: false),
+        new("mlp-bottleneck-norms-learned-scale", MlpModel, MlpInput, () => new BottleneckConfig
+        {
+            TargetModules = ["lin1"], ReductionFactor = 8, LnBefore = true, LnAfter = true, ScalingMode = BottleneckScaling.Learned, Dropout = 0.1,
+        }, CanMerge: false),
+        new("block-bottleneck-after-norms", Block, BlockInput, () => new BottleneckConfig { TargetModules = ["ln1", "ln2"], BottleneckSize = 4, InitWeights = "mam_adapter" }, CanMerge: false),
+        new("block-parallel-layer-input", Block, BlockInput, () => new BottleneckConfig
+        {
+            TargetModules = ["fc2"], IsParallel = true, ParallelInput = ParallelInput.LayerInput, BottleneckSize = 4, Scaling = 4, ScalingMode = BottleneckScaling.Channel,
+        }, CanMerge: false),
+        new("block-conv-adapter", Block, BlockInput, () => new BottleneckConfig { TargetModules = ["o", "fc2"], BottleneckSize = 4, ConvKernelSize = 3, NonLinearity = "gelu" }, CanMerge: false,
+            RoundingTolerance: 1e-6),
+        new("block-compacter", Block, BlockInput, () => new BottleneckConfig { TargetModules = ["o", "fc2"], BottleneckSize = 4, PhmLayer = true, PhmDim = 2 }, CanMerge: false),
+        new("bert-pfeiffer", TinyBertModel, TinyBertInput, () => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 }, CanMerge: false),
+        new("bert-houlsby", TinyBertModel, TinyBertInput, () => BottleneckConfig.Houlsby() with { BottleneckSize = 4 }, CanMerge: false),
+        new("bert-parallel-sublayer-input", TinyBertModel, TinyBertInput, () => BottleneckConfig.Parallel() with { BottleneckSize = 4 }, CanMerge: false),
+        new("tokens-invertible-with-inverse-head", TokenModel, TokenInput, () => new InvertibleAdapterConfig { TargetModules = ["embed", "head"], InverseModules = ["head"] }, CanMerge: false),
+        new("bert-invertible", TinyBertModel, TinyBertInput, () => new InvertibleAdapterConfig { TargetModules = ["embeddings.LayerNorm"], NonLinearity = "gelu" }, CanMerge: false),
+
+        // Bias and LayerNorm tuning (merge into the base).
+        new("mlp-bitfit", MlpModel, MlpInput, () => new BitFitConfig()),
+        new("bert-bitfit-attention", TinyBertModel, TinyBertInput, () => new BitFitConfig { TargetModules = TargetModules.Regex(@".*attention.*") }),
+        new("block-ln-tuning", Block, BlockInput, () => new LnTuningConfig { TargetModules = ["ln1", "ln2"] }),
+        new("bert-ln-tuning", TinyBertModel, TinyBertInput, () => new LnTuningConfig { TargetModules = ["LayerNorm"] }),
+        // Prompts and prefixes (model hooks): not the identity at init, no merge, one adapter per batch.
+        new("bert-prompt-tuning", TinyBertModel, TinyBertInput, () => new PromptTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prompt-tuning-from-vocabulary", TinyBertModel, TinyBertInput, () => new PromptTuningConfig { NumVirtualTokens = 4, PromptTuningInit = PromptTuningInit.SampleVocab },
+            CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prefix-tuning", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("bert-prefix-tuning-mlp", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 2, PrefixProjection = true, EncoderHiddenSize = 8 },
+            CanMerge: false, IdentityAtInit: false, PerRow: false),
+        // Compositions over frozen source adapters (added and perturbed first): only the composition trains.
+        new("block-scalearn", Block, BlockInput, () => new ScaLearnConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
+        new("mlp-scalearn-scalar-over-lora", MlpModel, MlpInput, () => new ScaLearnConfig { TargetModules = ["lin0", "lin1"], SourceAdapters = ["src0", "src1"], Kind = ScaLearnKind.Scalar },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", MlpLora), ("src1", MlpLora)]),
+        new("bert-scalearn-plus-plus", TinyBertModel, TinyBertInput, () => new ScaLearnConfig
+        {
+            TargetModules = TargetModules.Regex(BottleneckConfig.PfeifferTargets), SourceAdapters = ["src0", "src1"], Kind = ScaLearnKind.SharedVector,
+        }, CanMerge: false, IdentityAtInit: false, Sources: [("src0", BertPfeiffer), ("src1", BertPfeiffer)]),
+        new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
+            CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
+        new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });
 
+    public static IEnumerable<object[]> Mergeable => Cases.Where(c => c.CanMerge).Select(c => new object[] { c.Name });
+
+    public static IEnumerable<object[]> NotMergeable => Cases.Where(c => !c.CanMerge).Select(c => new object[] { c.Name });
+
+    public static IEnumerable<object[]> IdentityAtInit => Cases.Where(c => c.IdentityAtInit).Select(c => new object[] { c.Name });
+
+    public static IEnumerable<object[]> PerRow => Cases.Where(c => c.PerRow).Select(c => new object[] { c.Name });
+
+    public static IEnumerable<object[]> NotPerRow => Cases.Where(c => !c.PerRow).Select(c => new object[] { c.Name });
+
     public static MatrixCase Get(string name) => Cases.Single(c => c.Name == name);
+}
+
+/// <summary>A two-layer BERT (16 wide, vocabulary 50, no dropout) from token ids through a Linear <c>head</c> (so a loss
+/// such as mean(y²) is not flattened by the final LayerNorm), for the matrix: Hugging Face module names, residual
+/// sublayer contexts, prompt and prefix hooks.</summary>
+public sealed class TinyBert : Module<Tensor, Tensor>, IHasOutputHead
+{
+    public const int Vocabulary = 50;
+
+    readonly BertModel bert;
+    readonly Module<Tensor, Tensor> head;
+
+    public TinyBert() : base(nameof(TinyBert))
+    {
+        bert = new BertModel(new BertConfig
+        {
+            VocabSize = Vocabulary, HiddenSize = 16, NumHiddenLayers = 2, NumAttentionHeads = 2, IntermediateSize = 32,
+            MaxPositionEmbeddings = 32, HiddenDropoutProb = 0, AttentionProbsDropoutProb = 0, AddPoolingLayer = false,
+        });
+        head = Linear(16, 8);
+        RegisterComponents();
+    }
+
+    public BertModel Bert => bert;
+
+    public string? OutputHeadPath => "head";
+
+    public override Tensor forward(Tensor inputIds)                                         // (B, T) → (B, T, 8)
+    {
+        using var scope = NewDisposeScope();
+        return head.call(bert.call(inputIds, null, null)).MoveToOuterDisposeScope();
+    }
 }

@@ -57,6 +57,9 @@ static class Tensors
         foreach (var wrapper in peft.SavedModules.Where(w => w.Contains(adapterName)))
             foreach (var p in wrapper[adapterName].parameters())
                 p.add_(randn_like(p) * scale);
+        if (peft.ModelAdapters.TryGetValue(adapterName, out var modelAdapter))
+            foreach (var p in modelAdapter.parameters())
+                p.add_(randn_like(p) * scale);
     }
 }
 

@@ -18,11 +18,13 @@ static class MethodsCommand
             Console.WriteLine(JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
-        Console.WriteLine($"{"method",-8} {"family",-9} {"merge",-5}  {"what it computes",-62} papers");
+        int width = MethodList.All.Max(m => m.Name.Length);
+        Console.WriteLine($"{"method".PadRight(width)} {"family",-10} {"merge",-5}  {"what it computes",-62} papers");
         foreach (var m in MethodList.All)
-            Console.WriteLine($"{m.Name,-8} {m.Family,-9} {(m.CanMerge ? "yes" : "no"),-5}  {m.Formula,-62} {m.Papers}");
+            Console.WriteLine($"{m.Name.PadRight(width)} {m.Family,-10} {(m.CanMerge ? "yes" : "no"),-5}  {m.Formula,-62} {m.Papers}");
         Console.WriteLine();
-        Console.WriteLine($"options (all LoRA-family methods): {string.Join(", ", MethodList.All[0].Parameters.Select(p => $"{p.Name}={p.Default}"))}");
+        foreach (var group in MethodList.All.Where(m => m.Parameters.Count > 0).GroupBy(m => string.Join(",", m.Parameters.Select(p => p.Name))))
+            Console.WriteLine($"options of {string.Join(", ", group.Select(m => m.Name))}: {string.Join(", ", group.First().Parameters.Select(p => $"{p.Name}={p.Default}"))}");
         return 0;
     }
 }

@@ -7,7 +7,7 @@ namespace PeftSharp.Adapters;
 /// What every adapter method shares: which modules it goes into (Hugging Face PEFT's matching rules, see
 /// <see cref="TargetMatcher"/>), which to leave out, which layers, and which whole modules to train and save
 /// alongside (<c>modules_to_save</c>). A method's config is a sealed record that adds its hyperparameters,
-/// validates them in <see cref="Validate"/> and creates its per-layer tensors in <see cref="CreateAdapter"/>.
+/// validates them in <see cref="Validate"/> and creates its per-layer tensors in <c>CreateAdapter</c>.
 /// </summary>
 public abstract record AdapterConfig
 {
@@ -65,6 +65,26 @@ public abstract record AdapterConfig
     /// initialisation that reads or changes the base weights (PiSSA, OLoRA) must not run.
     /// </summary>
     public abstract AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize);
+
+    /// <summary>As <see cref="CreateAdapter(string, Module{Tensor, Tensor}, bool)"/>, for methods whose layers use the
+    /// adapter's <see cref="ModelAdapter"/> (tensors shared across layers). By default the model adapter is not used.</summary>
+    public virtual AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize, ModelAdapter? modelAdapter) =>
+        CreateAdapter(path, baseLayer, initialize);
+
+    /// <summary>
+    /// The adapter's model-level part, made before its layers (see <see cref="ModelAdapter"/>), or null for methods that
+    /// live in their layers only (the default). <paramref name="targetPaths"/> are the layers it will go into (empty for
+    /// methods that do not target layers). Throws <see cref="ArgumentException"/> when the model cannot take it.
+    /// </summary>
+    public virtual ModelAdapter? CreateModelAdapter(Module model, IReadOnlyList<string> targetPaths, bool initialize) => null;
+
+    /// <summary>Other adapters of the same model this one uses (ScaLearn's and AdapterFusion's source adapters): they
+    /// must exist when it is added or loaded, and cannot be deleted before it.</summary>
+    public virtual IReadOnlyList<string> DependsOn => [];
+
+    /// <summary>False for methods that act on the model as a whole through a <see cref="ModelAdapter"/> and wrap no
+    /// layer (prompt and prefix tuning): they need no <see cref="TargetModules"/>.</summary>
+    public virtual bool TargetsLayers => true;
 
     /// <summary>The parameters of the base model (dotted paths as in <c>named_parameters()</c>) that train and are
     /// saved with this adapter besides its own tensors, e.g. biases for LoRA's <c>bias="all"</c>.</summary>

@@ -74,6 +74,9 @@ public static class AdapterFiles
         var parameters = peft.Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         foreach (var path in peft.TrainableBaseParameters(adapterName))
             tensors[KeyPrefix + path] = parameters[path];
+        if (peft.ModelAdapters.TryGetValue(adapterName, out var modelAdapter))
+            foreach (var (key, value) in modelAdapter.TensorsForFile())
+                tensors[key] = value;
 
         Directory.CreateDirectory(directory);
         SafeTensors.Save(Path.Combine(directory, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
@@ -86,16 +89,28 @@ public static class AdapterFiles
         var config = ReadConfig(directory);
 
         TargetSelection selection;
+        ModelAdapter? modelAdapter;
         try
         {
-            selection = TargetMatcher.Select(peft.Model, config, config.CanHold);
+            peft.CheckDependencies(config);
+            selection = PeftModel.SelectTargets(peft.Model, config);
+            modelAdapter = config.CreateModelAdapter(peft.Model, selection.Matched, initialize: false);
         }
         catch (ArgumentException e)
         {
             throw new ArgumentException($"{Path.Combine(directory, ConfigFileName)} does not fit this model: {e.Message}", e);
         }
 
-        var adapters = peft.CreateAdapters(config, selection.Matched, initialize: false);
+        Dictionary<string, AdapterModule> adapters;
+        try
+        {
+            adapters = peft.CreateAdapters(config, selection.Matched, initialize: false, modelAdapter);
+        }
+        catch
+        {
+            modelAdapter?.Dispose();
+            throw;
+        }
         Dictionary<string, Tensor>? values = null;
         try
         {
@@ -116,6 +131,9 @@ public static class AdapterFiles
                 .ToDictionary(p => WrappedPath(p, selection.Matched, peft), p => p);
             foreach (var path in config.TrainableBaseParameters(wrappedPaths.Keys, selection.Matched))
                 expected[KeyPrefix + path] = (modelParameters[wrappedPaths[path]], $"base parameter '{path}'");
+            if (modelAdapter is not null)
+                foreach (var (key, parameter) in modelAdapter.FileParameters())
+                    expected[key] = (parameter, $"{key} of the {modelAdapter.MethodName} adapter");
 
             var (infos, _) = SafeTensors.ReadHeader(weightsPath);
             var inFile = infos.ToDictionary(i => i.Name);
@@ -129,7 +147,7 @@ public static class AdapterFiles
                 throw new AdapterFileException(
                     $"{weightsPath}: tensor '{unexpected[0]}' does not belong to any module this adapter targets in the model" +
                     (unexpected.Count > 1 ? $" ({unexpected.Count - 1} more like it)" : "") +
-                    $"; expected keys look like '{expected.Keys.First()}'. Was the adapter trained on a model with other module names?");
+                    $"; expected keys look like '{expected.Keys.FirstOrDefault() ?? "(none)"}'. Was the adapter trained on a model with other module names?");
             foreach (var (key, (target, what)) in expected)
             {
                 var shape = inFile[key].Shape;
@@ -140,20 +158,26 @@ public static class AdapterFiles
 
             values = SafeTensors.Load(weightsPath);
             using (no_grad())
+            {
                 foreach (var (path, adapter) in adapters)
                     foreach (var (name, parameter) in adapter.named_parameters())
                         parameter.copy_(values[KeyPrefix + path + "." + name]);
+                if (modelAdapter is not null)
+                    foreach (var (key, parameter) in modelAdapter.FileParameters())
+                        parameter.copy_(values[key]);
+            }
         }
         catch
         {
             foreach (var a in adapters.Values) a.Dispose();
+            modelAdapter?.Dispose();
             DisposeAll(values);
             throw;
         }
 
         try
         {
-            peft.Commit(adapterName, config, adapters, initialize: false, afterAttach: copies =>
+            peft.Commit(adapterName, config, adapters, modelAdapter, initialize: false, afterAttach: copies =>
             {
                 using var _ = no_grad();
                 foreach (var (path, copy) in copies)

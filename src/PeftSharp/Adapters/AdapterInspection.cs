@@ -26,6 +26,12 @@ public sealed record AdapterInspection(
 
     public bool IsValid => Problems.Count == 0;
 
+    /// <summary>Where a module path ends and a per-module adapter tensor's name begins, for every method's layout
+    /// (<c>.lora_A.weight</c>, <c>.ia3_l</c>, <c>.adapter_down.weight</c>, ...). Keys without one (prompt embeddings,
+    /// a shared PHM rule, an invertible coupling) are the adapter's model-level tensors.</summary>
+    public static readonly IReadOnlyList<string> TensorMarkers =
+        [".lora_", ".ia3_l", ".adapter_", ".bitfit_bias", ".ln_tuning_layers.", ".scalearn_", ".fusion_"];
+
     /// <summary>Reads and checks <paramref name="directory"/>; throws <see cref="AdapterFileException"/> only when a
     /// file cannot be read at all, and lists inconsistencies in <see cref="Problems"/>.</summary>
     public static AdapterInspection Read(string directory)
@@ -37,6 +43,11 @@ public sealed record AdapterInspection(
         var byModule = new Dictionary<string, List<SafeTensorInfo>>();
         foreach (var t in tensors)
         {
+            if (config is PeftSharp.Methods.Activation.PromptLearningConfig && t.Name == PeftSharp.Methods.Activation.PromptLearningConfig.FileKey)
+            {
+                other.Add(t);   // PEFT's prompt-learning tensor has no module path
+                continue;
+            }
             if (!t.Name.StartsWith(AdapterFiles.KeyPrefix, StringComparison.Ordinal))
             {
                 problems.Add($"tensor '{t.Name}' does not start with '{AdapterFiles.KeyPrefix}' as PEFT's keys do.");
@@ -44,7 +55,7 @@ public sealed record AdapterInspection(
                 continue;
             }
             var key = t.Name[AdapterFiles.KeyPrefix.Length..];
-            var marker = key.IndexOf(".lora_", StringComparison.Ordinal);
+            var marker = TensorMarkers.Select(m => key.IndexOf(m, StringComparison.Ordinal)).Where(i => i >= 0).DefaultIfEmpty(-1).Min();
             if (marker < 0)
             {
                 other.Add(t);

@@ -58,7 +58,17 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
     /// <summary>Set by <see cref="PeftModel.UseAdapterPerRow"/>: one adapter name per row of the batch.</summary>
     internal IReadOnlyList<string>? RowAdapterNames { get; set; }
 
-    internal void Add(string adapterName, AdapterModule adapter) => _adapters.Add(adapterName, adapter);
+    /// <summary>How several active adapters combine (set by <c>PeftModel.SetActiveAdapters</c>).</summary>
+    public AdapterComposition Composition { get; internal set; } = AdapterComposition.Stack;
+
+    /// <summary>Weights of <see cref="AdapterComposition.Average"/>, one per active adapter; null for 1/K each.</summary>
+    public IReadOnlyList<double>? AverageWeights { get; internal set; }
+
+    internal void Add(string adapterName, AdapterModule adapter)
+    {
+        _adapters.Add(adapterName, adapter);
+        adapter.Layer = this;
+    }
 
     internal void Remove(string adapterName)
     {
@@ -89,9 +99,22 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
         if (_active.Count == 1 && _adapters[_active[0]].TryFusedForward(x, _baseLayer) is { } fused)
             return fused.MoveToOuterDisposeScope();
         var result = OwnedBaseOutput(x);
-        foreach (var name in _active)
-            result = _adapters[name].Apply(x, result, _baseLayer);
-        return result.MoveToOuterDisposeScope();
+        if (_active.Count == 1 || Composition == AdapterComposition.Stack)
+        {
+            foreach (var name in _active)
+                result = _adapters[name].Apply(x, result, _baseLayer);
+            return result.MoveToOuterDisposeScope();
+        }
+        // Sum / Average: every adapter sees the base output; their contributions are weighed and added.
+        var baseOutput = result;
+        var combined = baseOutput.clone();
+        for (int k = 0; k < _active.Count; k++)
+        {
+            var delta = _adapters[_active[k]].Delta(x, baseOutput, _baseLayer);
+            double weight = Composition == AdapterComposition.Sum ? 1 : AverageWeights?[k] ?? 1.0 / _active.Count;
+            combined = combined.add_(delta, alpha: weight);
+        }
+        return combined.MoveToOuterDisposeScope();
     }
 
     Tensor ForwardPerRow(Tensor x, IReadOnlyList<string> rowNames)
@@ -108,6 +131,8 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
             if (name == BaseOnly || !_adapters.Contains(name)) continue;
             var rows = Enumerable.Range(0, rowNames.Count).Where(i => rowNames[i] == name).Select(i => (long)i).ToArray();
             var index = tensor(rows, dtype: ScalarType.Int64, device: x.device);
+            // Adapters that read the sublayer's residual see the same rows of it.
+            using var rowContext = SublayerContext.Current?.EnterRows(index);
             var updated = _adapters[name].Apply(x.index_select(0, index), result.index_select(0, index), _baseLayer);
             result = result.index_copy(0, index, updated);
         }
@@ -134,10 +159,10 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
             var adapter = _adapters[name];
             if (!adapter.CanMerge)
                 throw new NotSupportedException($"Adapter '{name}' ({adapter.MethodName}) at '{Path}' cannot be merged: {adapter.CannotMergeReason}");
-            using var merged = adapter.MergedWeight(_baseLayer);
-            if (safe && !isfinite(merged).all().item<bool>())
+            if (safe && !adapter.MergeIsFinite(_baseLayer))
                 throw new InvalidOperationException(
                     $"Merging adapter '{name}' into '{Path}' gives NaN or Inf weights; nothing was merged at this layer. The adapter is likely broken (check its training).");
+            using var merged = adapter.MergedWeight(_baseLayer);
             adapter.Merge(_baseLayer, merged);
             _merged.Add(name);
             done.Add(name);

@@ -20,12 +20,24 @@ public abstract class AdapterModule : Module
     /// <summary>The adapter's rank where the method has one (shown in summaries), else null.</summary>
     public virtual int? Rank => null;
 
+    /// <summary>The layer that holds this adapter (set when it is added), so an adapter that composes its siblings
+    /// (ScaLearn, AdapterFusion) can find them.</summary>
+    public AdapterLayer? Layer { get; internal set; }
+
     /// <summary>
     /// Adds this adapter's effect to <paramref name="result"/>, the layer output so far (base output plus the
     /// adapters applied before this one), for input <paramref name="x"/>. May write into <paramref name="result"/>
     /// in place and return it: the layer guarantees it owns that tensor.
     /// </summary>
     public abstract Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer);
+
+    /// <summary>
+    /// This adapter's contribution alone, <c>Apply(x, baseOutput) - baseOutput</c>, for compositions that sum or weigh
+    /// several adapters' contributions (<see cref="AdapterComposition"/>, ScaLearn, AdapterFusion). Methods whose
+    /// contribution is a branch of their own (bottleneck adapters) return it directly.
+    /// </summary>
+    public virtual Tensor Delta(Tensor x, Tensor baseOutput, Module<Tensor, Tensor> baseLayer) =>
+        Apply(x, baseOutput.clone(), baseLayer).sub_(baseOutput);
 
     /// <summary>
     /// The layer's whole output (base plus this adapter) computed in one go, when this is the only active adapter and
@@ -42,6 +54,15 @@ public abstract class AdapterModule : Module
     /// <summary>The base weight with this adapter folded in, computed without changing anything, so a safe merge
     /// can check it before writing.</summary>
     public virtual Tensor MergedWeight(Module<Tensor, Tensor> baseLayer) => throw new NotSupportedException(CannotMergeReason);
+
+    /// <summary>Whether merging gives finite values (the check of a safe merge); by default, whether
+    /// <see cref="MergedWeight"/> is finite. Methods that also change other base tensors (biases) check those too.</summary>
+    public virtual bool MergeIsFinite(Module<Tensor, Tensor> baseLayer)
+    {
+        using var merged = MergedWeight(baseLayer);
+        using var finite = isfinite(merged).all();
+        return finite.item<bool>();
+    }
 
     /// <summary>Writes <paramref name="mergedWeight"/> (from <see cref="MergedWeight"/>) into the base layer and keeps
     /// what unmerging needs.</summary>

@@ -35,7 +35,8 @@ public static class PeftJson
         json["modules_to_save"] = config.ModulesToSave is null ? null : new JsonArray(config.ModulesToSave.Select(m => (JsonNode)m).ToArray());
     }
 
-    static JsonNode? Targets(TargetModules? targets) => targets switch
+    /// <summary>A target list as PEFT writes it: a regex string, a list of names, or null.</summary>
+    public static JsonNode? Targets(TargetModules? targets) => targets switch
     {
         null => null,
         { Pattern: { } pattern } => pattern,
@@ -80,7 +81,8 @@ public static class PeftJson
             BaseModelNameOrPath = json["base_model_name_or_path"] is null ? null : Get<string>(json["base_model_name_or_path"], file, "base_model_name_or_path"),
         };
 
-    static TargetModules? ReadTargets(JsonObject json, string field, string file) => json[field] switch
+    /// <summary>Reads a target-list field (<c>target_modules</c>, <c>feedforward_modules</c>, ...): names, a regex, or null.</summary>
+    public static TargetModules? ReadTargets(JsonObject json, string field, string file) => json[field] switch
     {
         null => null,
         JsonArray a when a.Count == 0 => null,

@@ -37,6 +37,13 @@ public sealed class PeftModel
     /// <summary>The adapter layers, in model order.</summary>
     public IReadOnlyList<AdapterLayer> Layers => Model.named_modules().Select(m => m.module).OfType<AdapterLayer>().ToList();
 
+    /// <summary>The model-level parts of adapters (see <see cref="ModelAdapter"/>), by adapter name.</summary>
+    public IReadOnlyDictionary<string, ModelAdapter> ModelAdapters =>
+        ModelAdapterDict.Find(Model) is { } dict ? dict.Names.ToDictionary(n => n, n => dict[n]) : new Dictionary<string, ModelAdapter>();
+
+    /// <summary>How several active adapters combine in each layer (see <see cref="AdapterComposition"/>).</summary>
+    public AdapterComposition Composition { get; private set; } = AdapterComposition.Stack;
+
     /// <summary>The <c>modules_to_save</c> wrappers, in model order.</summary>
     public IReadOnlyList<ModulesToSaveWrapper> SavedModules => Model.named_modules().Select(m => m.module).OfType<ModulesToSaveWrapper>().ToList();
 
@@ -62,19 +69,43 @@ public sealed class PeftModel
     public static TargetSelection PreviewTargets(Module model, AdapterConfig config)
     {
         config.Validate();
-        return TargetMatcher.Select(model, config, config.CanHold);
+        return SelectTargets(model, config);
+    }
+
+    /// <summary>The layers <paramref name="config"/> goes into; none for methods that do not target layers.</summary>
+    internal static TargetSelection SelectTargets(Module model, AdapterConfig config) =>
+        config.TargetsLayers ? TargetMatcher.Select(model, config, config.CanHold) : new TargetSelection([], [], []);
+
+    internal void CheckDependencies(AdapterConfig config)
+    {
+        var missing = config.DependsOn.Where(d => !_adapters.Any(a => a.Name == d)).ToList();
+        if (missing.Count > 0)
+            throw new ArgumentException(
+                $"{config.MethodName} uses adapter(s) {string.Join(", ", missing.Select(m => $"'{m}'"))}, which this model does not have " +
+                $"(adapters: {(_adapters.Count == 0 ? "none" : string.Join(", ", AdapterNames))}). Add or load them first.");
     }
 
     /// <summary>Adds another adapter. Like PEFT's <c>add_adapter</c> it does not become active by itself
-    /// (call <see cref="SetActiveAdapters"/>); only active adapters train.</summary>
+    /// (call <c>SetActiveAdapters</c>); only active adapters train.</summary>
     public TargetSelection AddAdapter(string adapterName, AdapterConfig config)
     {
         EnsureUsable();
         ValidateNewName(adapterName);
         config.Validate();
-        var selection = TargetMatcher.Select(Model, config, config.CanHold);
-        var adapters = CreateAdapters(config, selection.Matched, initialize: true);
-        Commit(adapterName, config, adapters, initialize: true);
+        CheckDependencies(config);
+        var selection = SelectTargets(Model, config);
+        var modelAdapter = config.CreateModelAdapter(Model, selection.Matched, initialize: true);
+        Dictionary<string, AdapterModule> adapters;
+        try
+        {
+            adapters = CreateAdapters(config, selection.Matched, initialize: true, modelAdapter);
+        }
+        catch
+        {
+            modelAdapter?.Dispose();
+            throw;
+        }
+        Commit(adapterName, config, adapters, modelAdapter, initialize: true);
         return selection;
     }
 
@@ -89,13 +120,13 @@ public sealed class PeftModel
         if (!trainable) UpdateTrainable(trainableAdapters: _active.Where(a => a != adapterName).ToList());
     }
 
-    internal Dictionary<string, AdapterModule> CreateAdapters(AdapterConfig config, IReadOnlyList<string> paths, bool initialize)
+    internal Dictionary<string, AdapterModule> CreateAdapters(AdapterConfig config, IReadOnlyList<string> paths, bool initialize, ModelAdapter? modelAdapter)
     {
         var adapters = new Dictionary<string, AdapterModule>();
         try
         {
             foreach (var path in paths)
-                adapters[path] = config.CreateAdapter(path, BaseLayerAt(path), initialize);
+                adapters[path] = config.CreateAdapter(path, BaseLayerAt(path), initialize, modelAdapter);
         }
         catch
         {
@@ -130,7 +161,7 @@ public sealed class PeftModel
     /// on failure the model is unchanged and the prepared adapters are freed. <paramref name="afterAttach"/> runs
     /// once everything is in place (loading copies values into the modules_to_save copies there).
     /// </summary>
-    internal void Commit(string adapterName, AdapterConfig config, Dictionary<string, AdapterModule> adapters, bool initialize,
+    internal void Commit(string adapterName, AdapterConfig config, Dictionary<string, AdapterModule> adapters, ModelAdapter? modelAdapter, bool initialize,
                          Action<IReadOnlyDictionary<string, Module<Tensor, Tensor>>>? afterAttach = null)
     {
         var copies = new Dictionary<string, Module<Tensor, Tensor>>();
@@ -177,38 +208,73 @@ public sealed class PeftModel
         {
             foreach (var a in adapters.Values) a.Dispose();
             foreach (var c in copies.Values) c.Dispose();
+            modelAdapter?.Dispose();
             throw;
         }
 
+        if (modelAdapter is not null)
+        {
+            ModelAdapterDict.GetOrAdd(Model).Add(adapterName, modelAdapter);
+            modelAdapter.train(Model.training);
+        }
         foreach (var step in steps) step();
         // New modules start in training mode; follow the base layer instead (a model in eval() stays in eval()).
         foreach (var (path, adapter) in adapters) adapter.train(BaseLayerAt(path).training);
         foreach (var (path, copy) in copies) copy.train(BaseLayerAt(path).training);
         if (initialize)
             foreach (var (path, adapter) in adapters) adapter.OnAttached(BaseLayerAt(path));
-        _adapters.Add((adapterName, config));
+        _adapters.Add((adapterName, modelAdapter?.Complete(config) ?? config));
         afterAttach?.Invoke(copies);
         SyncLayers();
     }
 
-    /// <summary>Makes <paramref name="adapterNames"/> the adapters used in the forward pass (several are summed) and
-    /// the ones that train.</summary>
-    public void SetActiveAdapters(params string[] adapterNames)
+    /// <summary>Makes <paramref name="adapterNames"/> the adapters used in the forward pass and the ones that train; when
+    /// several are active they combine as <see cref="Composition"/> says (by default stacked, which for LoRA-like
+    /// adapters is their sum).</summary>
+    public void SetActiveAdapters(params string[] adapterNames) => SetActiveAdapters(Composition, null, adapterNames);
+
+    /// <summary>Activates <paramref name="adapterNames"/> combined as <paramref name="composition"/> says (stacked, summed,
+    /// or averaged with <paramref name="averageWeights"/>, one per adapter, default 1/K each).</summary>
+    public void SetActiveAdapters(AdapterComposition composition, IReadOnlyList<double>? averageWeights, params string[] adapterNames)
     {
         EnsureUsable();
+        if (averageWeights is not null && (composition != AdapterComposition.Average || averageWeights.Count != adapterNames.Distinct().Count()))
+            throw new ArgumentException($"averageWeights go with AdapterComposition.Average, one weight per adapter ({adapterNames.Distinct().Count()} here); got {averageWeights.Count} with {composition}.", nameof(averageWeights));
         if (adapterNames.Length == 0) throw new ArgumentException("Name at least one adapter to activate; to use the base model alone, call DisableAdapters().");
         foreach (var name in adapterNames)
             if (!_adapters.Any(a => a.Name == name)) throw UnknownAdapter(name);
+        Composition = composition;
+        _averageWeights = averageWeights?.ToArray();
         _active.Clear();
         _active.AddRange(adapterNames.Distinct());
         SyncLayers();
     }
 
+    double[]? _averageWeights;
+
     void SyncLayers()
     {
-        foreach (var layer in Layers) layer.SetActive(_active);
+        foreach (var layer in Layers)
+        {
+            layer.SetActive(_active);
+            layer.Composition = Composition;
+            // The weights follow the layer's active adapters (a layer may hold only some of them).
+            layer.AverageWeights = _averageWeights is null ? null
+                : layer.ActiveAdapters.Select(n => _averageWeights[_active.IndexOf(n)]).ToArray();
+        }
         foreach (var wrapper in SavedModules) wrapper.SetActive(_active);
+        SyncModelAdapters();
         UpdateTrainable(_active);
+    }
+
+    // Model adapters switch off before others switch on, so a hook held by one is free for the next.
+    void SyncModelAdapters()
+    {
+        var modelAdapters = ModelAdapters;
+        foreach (var (name, adapter) in modelAdapters)
+            if (!_active.Contains(name) || AdaptersDisabled) adapter.SetOn(Model, false);
+        foreach (var (name, adapter) in modelAdapters)
+            if (_active.Contains(name) && !AdaptersDisabled) adapter.SetOn(Model, true);
     }
 
     // Freezes everything but the given adapters' tensors, their modules_to_save copies, and the base parameters
@@ -223,6 +289,9 @@ public sealed class PeftModel
         foreach (var wrapper in SavedModules)
             foreach (var name in wrapper.AdapterNames.Where(trainableAdapters.Contains))
                 foreach (var p in wrapper[name].parameters()) p.requires_grad = true;
+        foreach (var (name, modelAdapter) in ModelAdapters)
+            if (trainableAdapters.Contains(name))
+                foreach (var p in modelAdapter.parameters()) p.requires_grad = true;
         var parameters = Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         foreach (var name in trainableAdapters)
             foreach (var path in TrainableBaseParameters(name)) parameters[path].requires_grad = true;
@@ -231,7 +300,8 @@ public sealed class PeftModel
     /// <summary>Paths of the base model's own parameters (not adapter tensors, not modules_to_save).</summary>
     internal IReadOnlyList<string> BaseParameterPaths()
     {
-        var excluded = Layers.Select(l => l.Path + ".adapters.").Concat(SavedModules.Select(w => w.Path + ".")).ToList();
+        var excluded = Layers.Select(l => l.Path + ".adapters.").Concat(SavedModules.Select(w => w.Path + "."))
+            .Append(ModelAdapterDict.RegisteredName + ".").ToList();
         return Model.named_parameters().Select(p => p.name)
             .Where(p => !excluded.Any(e => p.StartsWith(e, StringComparison.Ordinal))).ToList();
     }
@@ -245,6 +315,8 @@ public sealed class PeftModel
     {
         EnsureUsable();
         if (!_adapters.Any(a => a.Name == adapterName)) throw UnknownAdapter(adapterName);
+        if (_adapters.FirstOrDefault(a => a.Config.DependsOn.Contains(adapterName)) is { Name: not null } user)
+            throw new InvalidOperationException($"Adapter '{user.Name}' ({user.Config.MethodName}) uses '{adapterName}'; delete '{user.Name}' first.");
         var layers = Layers.Where(l => l.Contains(adapterName)).ToList();
         if (layers.FirstOrDefault(l => l.MergedAdapters.Contains(adapterName)) is { } merged)
             throw new InvalidOperationException($"Adapter '{adapterName}' is merged into '{merged.Path}'; call Unmerge() before deleting it.");
@@ -259,10 +331,21 @@ public sealed class PeftModel
             wrapper.RemoveCopy(adapterName);
             if (wrapper.AdapterNames.Count == 0) Unwrap(wrapper.Path, wrapper, wrapper.UnwrapAndDispose);
         }
+        RemoveModelAdapter(adapterName);
         _adapters.RemoveAll(a => a.Name == adapterName);
         _active.Remove(adapterName);
+        _averageWeights = null;
         if (_active.Count == 0 && _adapters.Count > 0) _active.Add(_adapters[0].Name);
         SyncLayers();
+    }
+
+    void RemoveModelAdapter(string adapterName)
+    {
+        if (ModelAdapterDict.Find(Model) is not { } dict || !dict.Contains(adapterName)) return;
+        var adapter = dict[adapterName];
+        adapter.SetOn(Model, false);
+        dict.Remove(adapterName).Dispose();
+        ModelAdapterDict.RemoveFrom(Model);
     }
 
     void Unwrap(string path, Module wrapper, Func<Module<Tensor, Tensor>> detach)
@@ -287,6 +370,7 @@ public sealed class PeftModel
         AdaptersDisabled = disabled;
         foreach (var layer in Layers) layer.AdaptersDisabled = disabled;
         foreach (var wrapper in SavedModules) wrapper.Disabled = disabled;
+        SyncModelAdapters();
     }
 
     /// <summary>Within the returned scope, row i of a batch goes through adapter <c>adapterNames[i]</c> alone
@@ -297,6 +381,10 @@ public sealed class PeftModel
         var unknown = adapterNames.Distinct().Where(n => n != AdapterLayer.BaseOnly && !_adapters.Any(a => a.Name == n)).ToList();
         if (unknown.Count > 0)
             throw new ArgumentException($"Unknown adapter name(s) {string.Join(", ", unknown.Select(u => $"'{u}'"))} in the per-row list; known: {string.Join(", ", AdapterNames)} and '{AdapterLayer.BaseOnly}' for the base model.");
+        if (ModelAdapters.FirstOrDefault(m => !m.Value.SupportsPerRow && (adapterNames.Contains(m.Key) || m.Value.IsOn)) is { Key: not null } whole)
+            throw new NotSupportedException(
+                $"Adapter '{whole.Key}' ({whole.Value.MethodName}) changes the whole batch through a model hook, so rows of one batch cannot use different adapters with it. " +
+                "Run one batch per adapter instead (SetActiveAdapters, then forward).");
         foreach (var layer in Layers) layer.RowAdapterNames = adapterNames;
         foreach (var wrapper in SavedModules) wrapper.RowAdapterNames = adapterNames;
         return new Scope(() =>
@@ -316,6 +404,20 @@ public sealed class PeftModel
         return module.call(input);
     }
 
+    /// <summary>
+    /// AdapterHub's Parallel block: runs <paramref name="input"/> once through each adapter in
+    /// <paramref name="adapterNames"/> (<see cref="AdapterLayer.BaseOnly"/> for the base model) in one forward pass, the
+    /// batch repeated once per adapter. Returns the outputs stacked along the batch: rows [k·B, (k+1)·B) are adapter k's.
+    /// </summary>
+    public Tensor ForwardEach(Tensor input, IReadOnlyList<string> adapterNames)
+    {
+        if (adapterNames.Count == 0) throw new ArgumentException("Name at least one adapter to run.", nameof(adapterNames));
+        long batch = input.shape[0];
+        var rows = adapterNames.SelectMany(n => Enumerable.Repeat(n, (int)batch)).ToList();
+        using var repeated = cat(Enumerable.Repeat(input, adapterNames.Count).ToList(), 0);
+        return Forward(repeated, rows);
+    }
+
     /// <summary>Folds <paramref name="adapterNames"/> (default: the active adapters) into the base weights. A merge
     /// that fails part-way (NaN with <paramref name="safe"/>, or a method that cannot merge) undoes what it merged.</summary>
     public void Merge(IEnumerable<string>? adapterNames = null, bool safe = false)
@@ -324,6 +426,9 @@ public sealed class PeftModel
         var names = (adapterNames ?? _active).ToList();
         foreach (var name in names)
             if (!_adapters.Any(a => a.Name == name)) throw UnknownAdapter(name);
+        foreach (var name in names)
+            if (ModelAdapters.TryGetValue(name, out var modelAdapter) && modelAdapter.CannotMergeReason is { } reason)
+                throw new NotSupportedException($"Adapter '{name}' ({modelAdapter.MethodName}) cannot be merged: {reason}");
         var layers = Layers;
         foreach (var layer in layers)
             foreach (var name in names.Where(layer.Contains))
@@ -335,9 +440,7 @@ public sealed class PeftModel
             foreach (var layer in layers)
                 foreach (var name in names.Where(n => layer.Contains(n) && !layer.MergedAdapters.Contains(n)))
                 {
-                    using var merged = layer[name].MergedWeight(layer.BaseLayer);
-                    using var finite = isfinite(merged).all();
-                    if (!finite.item<bool>())
+                    if (!layer[name].MergeIsFinite(layer.BaseLayer))
                         throw new InvalidOperationException(
                             $"Merging adapter '{name}' into '{layer.Path}' gives NaN or Inf weights, so nothing was merged. The adapter is likely broken (check its training).");
                 }
@@ -382,6 +485,7 @@ public sealed class PeftModel
     {
         foreach (var layer in Layers) Unwrap(layer.Path, layer, layer.DetachBaseAndDispose);
         foreach (var wrapper in SavedModules) Unwrap(wrapper.Path, wrapper, wrapper.UnwrapAndDispose);
+        foreach (var name in ModelAdapters.Keys.ToList()) RemoveModelAdapter(name);
         _unloaded = true;
         return Model;
     }
@@ -416,6 +520,9 @@ public sealed class PeftModel
             foreach (var name in wrapper.AdapterNames)
                 rows.Add(new AdapterLayerInfo(wrapper.Path, wrapper.OriginalModule.GetType().Name, wrapper.OriginalModule.get_parameter("weight")?.shape ?? [],
                     name, "modules_to_save", null, wrapper[name].parameters().Sum(p => p.numel()), wrapper.ActiveAdapter == name, false));
+        foreach (var (name, modelAdapter) in ModelAdapters)
+            rows.Add(new AdapterLayerInfo($"{ModelAdapterDict.RegisteredName}.{name}", "(model)", [], name, modelAdapter.MethodName, null,
+                modelAdapter.parameters().Sum(p => p.numel()), _active.Contains(name), false));
         return new ParameterReport(trainable, all, trainableBytes, allBytes, rows, _active.ToList(), AdaptersDisabled);
     }
 

@@ -124,6 +124,11 @@ public static class TargetMatcher
         {
             if (path.Length == 0) continue;
             if (wrappers.Any(w => path.StartsWith(w + ".", StringComparison.Ordinal))) continue;
+            if (module is ModelAdapterDict)
+            {
+                wrappers.Add(path);   // adapters' own modules are not targets
+                continue;
+            }
             if (module is AdapterLayer or ModulesToSaveWrapper)
             {
                 wrappers.Add(path);

@@ -1,3 +1,4 @@
+using PeftSharp.Adapters;
 using TorchSharp;
 using TorchSharp.Utils;
 using static TorchSharp.torch;
@@ -96,8 +97,15 @@ public sealed class BertOutput : Module<Tensor, Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>sublayer output (B, T, inputs), residual (B, T, C) → (B, T, C).</summary>
-    public override Tensor forward(Tensor hidden, Tensor residual) => layerNorm.call(dropout.call(dense.call(hidden)) + residual);
+    /// <summary>sublayer output (B, T, inputs), residual (B, T, C) → (B, T, C). The projection runs inside a
+    /// <see cref="SublayerContext"/> naming the residual and LayerNorm, for adapters placed at <c>dense</c> that need them
+    /// (AdapterHub's Pfeiffer placement, He et al.'s parallel adapter).</summary>
+    public override Tensor forward(Tensor hidden, Tensor residual)
+    {
+        Tensor projected;
+        using (SublayerContext.Enter(residual, layerNorm)) projected = dense.call(hidden);   // (B, T, C)
+        return layerNorm.call(dropout.call(projected) + residual);
+    }
 }
 
 /// <summary><c>attention</c>: <c>self</c> (the heads) then <c>output</c> (projection, residual, LayerNorm).</summary>

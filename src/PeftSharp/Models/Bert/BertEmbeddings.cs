@@ -28,14 +28,30 @@ public sealed class BertEmbeddings : Module<Tensor, Tensor?, Tensor?, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>ids (B, T), token types (B, T) or null for all 0, positions (B, T) or (1, T) or null for 0..T-1
-    /// → (B, T, C).</summary>
+    /// <summary>Set by <see cref="BertModel.InputPrompt"/>: embeddings put before the word embeddings.</summary>
+    internal IInputPrompt? Prompt { get; set; }
+
+    /// <summary>The word embeddings' weight (vocabulary, C), read through an adapter wrapping them.</summary>
+    internal Tensor WordEmbeddingWeight =>
+        word_embeddings.named_parameters().First(p => p.name == "weight" || p.name == "base_layer.weight").parameter;
+
+    /// <summary>ids (B, T), token types (B, T) or null for all 0, positions (B, P + T) or (1, P + T) or null for
+    /// 0..P+T-1 → (B, P + T, C), where P is the length of the <see cref="Prompt"/> (0 without one; its token type is 0,
+    /// as in Hugging Face PEFT's prompt tuning).</summary>
     public override Tensor forward(Tensor inputIds, Tensor? tokenTypeIds, Tensor? positionIds)
     {
         using var scope = NewDisposeScope();
-        positionIds ??= arange(inputIds.shape[1], dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
+        long b = inputIds.shape[0];
+        int p = Prompt?.Length ?? 0;
+        positionIds ??= arange(p + inputIds.shape[1], dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
         tokenTypeIds ??= zeros_like(inputIds);
-        var h = word_embeddings.call(inputIds) + token_type_embeddings.call(tokenTypeIds) + position_embeddings.call(positionIds);
+        var words = word_embeddings.call(inputIds);                                                   // (B, T, C)
+        if (Prompt is { } prompt)
+        {
+            words = cat([prompt.Embeddings(b).to(words.dtype), words], 1);                             // (B, P + T, C)
+            tokenTypeIds = cat([zeros(b, p, dtype: tokenTypeIds.dtype, device: tokenTypeIds.device), tokenTypeIds], 1);
+        }
+        var h = words + token_type_embeddings.call(tokenTypeIds) + position_embeddings.call(positionIds);
         return dropout.call(layerNorm.call(h)).MoveToOuterDisposeScope();
     }
 }

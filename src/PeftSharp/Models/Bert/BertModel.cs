@@ -15,12 +15,13 @@ namespace PeftSharp.Models.Bert;
 /// tokens), and token type ids (B, T) (null: all 0). Output: <c>last_hidden_state</c> (B, T, C). See
 /// <see cref="PoolerOutput"/> for <c>pooler_output</c> and <see cref="BertPooling"/> for sentence vectors.</para>
 /// </summary>
-public sealed class BertModel : Module<Tensor, Tensor?, Tensor?, Tensor>
+public sealed class BertModel : Module<Tensor, Tensor?, Tensor?, Tensor>, IPromptHost
 {
     BertEmbeddings embeddings;
     BertEncoder encoder;
     BertPooler? pooler;
     IAttentionPrefix? _prefix;
+    IInputPrompt? _prompt;
 
     public BertModel(BertConfig config) : base(nameof(BertModel))
     {
@@ -55,6 +56,27 @@ public sealed class BertModel : Module<Tensor, Tensor?, Tensor?, Tensor>
         }
     }
 
+    /// <summary>Embeddings put before the input embeddings (prompt tuning); null for none. Every token attends to
+    /// them, positions count them, and the output drops their positions, so it stays (B, T, C). See
+    /// <see cref="IInputPrompt"/>.</summary>
+    public IInputPrompt? InputPrompt
+    {
+        get => _prompt;
+        set
+        {
+            _prompt = value;
+            embeddings.Prompt = value;
+        }
+    }
+
+    int IPromptHost.HiddenSize => Config.HiddenSize;
+
+    int IPromptHost.NumLayers => Config.NumHiddenLayers;
+
+    int IPromptHost.NumAttentionHeads => Config.NumAttentionHeads;
+
+    Tensor IPromptHost.InputEmbeddingWeight => embeddings.WordEmbeddingWeight;
+
     /// <summary>ids (B, T), mask (B, T) or null, token types (B, T) or null → last_hidden_state (B, T, C).</summary>
     public override Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? tokenTypeIds)
     {
@@ -68,14 +90,18 @@ public sealed class BertModel : Module<Tensor, Tensor?, Tensor?, Tensor>
         using var scope = NewDisposeScope();
         long b = inputIds.shape[0], t = inputIds.shape[1];
         int prefixLength = _prefix?.Length ?? 0;
-        if (prefixLength + t > Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"{t} tokens{(prefixLength > 0 ? $" after a prefix of {prefixLength}" : "")} exceed the model's {Config.MaxPositionEmbeddings} positions; truncate the input.", nameof(inputIds));
+        int promptLength = _prompt?.Length ?? 0;
+        if (prefixLength + promptLength + t > Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"{t} tokens{(prefixLength + promptLength > 0 ? $" after a prefix / prompt of {prefixLength + promptLength}" : "")} exceed the model's {Config.MaxPositionEmbeddings} positions; truncate the input.", nameof(inputIds));
 
-        // Positions continue after the prefix, as Hugging Face BERT numbers them after past_key_values.
-        var positions = arange(prefixLength, prefixLength + t, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);   // (1, T)
-        var hidden = embeddings.call(inputIds, tokenTypeIds, positions);                                                         // (B, T, C)
-        var additiveMask = AdditiveMask(attentionMask, b, prefixLength, hidden.dtype);                                         // (B, 1, 1, P + T) or null
-        return encoder.call(hidden, additiveMask).MoveToOuterDisposeScope();
+        // Positions continue after the prefix, as Hugging Face BERT numbers them after past_key_values; a prompt's
+        // virtual tokens take the first positions of the sequence, as they do when PEFT passes inputs_embeds.
+        var positions = arange(prefixLength, prefixLength + promptLength + t, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);   // (1, Q + T)
+        var hidden = embeddings.call(inputIds, tokenTypeIds, positions);                                                         // (B, Q + T, C)
+        var additiveMask = AdditiveMask(attentionMask, b, prefixLength + promptLength, hidden.dtype);                          // (B, 1, 1, P + Q + T) or null
+        var output = encoder.call(hidden, additiveMask);                                                                        // (B, Q + T, C)
+        if (promptLength > 0) output = output[.., promptLength..];                                                              // (B, T, C)
+        return output.MoveToOuterDisposeScope();
     }
 
     /// <summary>last_hidden_state (B, T, C) for a tokenized batch.</summary>

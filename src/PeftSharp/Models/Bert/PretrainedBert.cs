@@ -109,6 +109,15 @@ public sealed record PretrainedBert
     public SentenceEncoder LoadSentenceEncoder(string? packagesFolder = null) =>
         new(LoadModel(packagesFolder), LoadTokenizer(packagesFolder), Pooling, Normalize);
 
+    /// <summary>The encoder with a fresh masked-language-model head tied to its word embeddings (see
+    /// <see cref="BertForMaskedLM"/>), in eval mode.</summary>
+    public BertForMaskedLM LoadForMaskedLM(string? packagesFolder = null)
+    {
+        var model = new BertForMaskedLM(LoadModel(packagesFolder));
+        model.eval();
+        return model;
+    }
+
     /// <summary>The encoder with a new classification head of <paramref name="numLabels"/> outputs (see
     /// <see cref="BertForSequenceClassification"/>); pooling defaults to the model's own (<see cref="Pooling"/>).</summary>
     public BertForSequenceClassification LoadForSequenceClassification(int numLabels, BertPooling? pooling = null, string? packagesFolder = null)

@@ -1,0 +1,112 @@
+using System.Text.Json.Nodes;
+using PeftSharp.Adapters;
+using PeftSharp.Methods.Bottleneck;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Methods.Activation;
+
+/// <summary>
+/// AdapterFusion (Pfeiffer et al. 2021, "AdapterFusion: Non-Destructive Task Composition for Transfer Learning", §3.2,
+/// Eq. 4-6), ScaLearn's baseline: at each layer an attention over the frozen source adapters' contributions, with the
+/// layer output h as query: s_k = softmax_k((Q h)ᵀ (K Δ_k)), o = h + Σ_k s_k V Δ_k. Q and K start N(0, 0.02), V at the
+/// identity (the paper's initialisation), so at init o is close to h + the mean of the contributions. Saved with
+/// <c>peft_type</c> "ADAPTER_FUSION" (this library's layout): <c>fusion_query</c>, <c>fusion_key</c>,
+/// <c>fusion_value</c> per module.
+/// </summary>
+public sealed record AdapterFusionConfig : AdapterConfig
+{
+    public IReadOnlyList<string> SourceAdapters { get; init; } = [];
+
+    public override string MethodName => "adapter-fusion";
+
+    public override string PeftType => "ADAPTER_FUSION";
+
+    public override string SupportedLayerTypes => "layers that hold every source adapter";
+
+    public override bool CanHold(Module module) => module is TorchSharp.Modules.Linear or TorchSharp.Modules.LayerNorm or TorchSharp.Modules.Embedding;
+
+    public override IReadOnlyList<string> DependsOn => SourceAdapters;
+
+    public override void Validate()
+    {
+        base.Validate();
+        CompositionChecks.Sources(SourceAdapters, nameof(SourceAdapters));
+    }
+
+    public override ModelAdapter? CreateModelAdapter(Module model, IReadOnlyList<string> targetPaths, bool initialize)
+    {
+        CompositionChecks.Width(model, targetPaths, SourceAdapters, MethodName);
+        return null;
+    }
+
+    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize)
+    {
+        var reference = baseLayer.parameters().First();
+        return new AdapterFusionAdapter(SourceAdapters, Bottleneck.Activations.Widths(baseLayer, path).Out, reference.dtype, reference.device);
+    }
+
+    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    {
+        var json = new JsonObject();
+        PeftJson.WriteCommon(json, this);
+        json["source_adapters"] = new JsonArray(SourceAdapters.Select(s => (JsonNode)s).ToArray());
+        return json;
+    }
+
+    public static AdapterFusionConfig FromPeftJson(JsonObject json, string file) =>
+        PeftJson.ReadCommon(new AdapterFusionConfig { SourceAdapters = CompositionChecks.ReadSources(json, file) }, json, file);
+}
+
+/// <summary>AdapterFusion at one layer (Pfeiffer et al. 2021, Eq. 4-6): query from the layer output, keys and values
+/// from each source adapter's contribution, softmax over the sources.</summary>
+public sealed class AdapterFusionAdapter : AdapterModule
+{
+    readonly Linear fusion_query, fusion_key, fusion_value;
+    readonly IReadOnlyList<string> _sources;
+
+    public AdapterFusionAdapter(IReadOnlyList<string> sources, long width, ScalarType dtype, Device device) : base(nameof(AdapterFusionAdapter))
+    {
+        _sources = sources;
+        fusion_query = Linear(width, width, device: device, dtype: dtype);
+        fusion_key = Linear(width, width, device: device, dtype: dtype);
+        fusion_value = Linear(width, width, hasBias: false, device: device, dtype: dtype);
+        register_module("fusion_query", fusion_query);
+        register_module("fusion_key", fusion_key);
+        register_module("fusion_value", fusion_value);
+        using var _ = no_grad();
+        foreach (var l in new[] { fusion_query, fusion_key })
+        {
+            l.weight!.normal_(0, 0.02);
+            l.bias!.zero_();
+        }
+        fusion_value.weight!.copy_(eye(width, dtype: dtype, device: device));
+    }
+
+    public override string MethodName => "adapter-fusion";
+
+    public override string CannotMergeReason => "AdapterFusion attends over its source adapters' outputs, which depend on the input.";
+
+    /// <summary>The fusion weights of the last forward pass, (..., K), for analysis (null before one).</summary>
+    public Tensor? LastWeights { get; private set; }
+
+    public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
+    {
+        var layer = Layer ?? throw new InvalidOperationException("An AdapterFusion adapter works inside an AdapterLayer.");
+        var deltas = stack(_sources.Select(s => layer[s].Delta(x, result, baseLayer)).ToList(), -2);   // (..., K, d)
+        var query = fusion_query.call(result).unsqueeze(-1);                                         // (..., d, 1)
+        var scores = fusion_key.call(deltas).matmul(query).squeeze(-1);                              // (..., K)
+        var weights = scores.softmax(-1);
+        LastWeights?.Dispose();
+        LastWeights = weights.detach().clone().DetachFromDisposeScope();
+        var fused = weights.unsqueeze(-2).matmul(fusion_value.call(deltas)).squeeze(-2);             // (..., d)
+        return result.clone().add_(fused);
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) LastWeights?.Dispose();
+        base.Dispose(disposing);
+    }
+}

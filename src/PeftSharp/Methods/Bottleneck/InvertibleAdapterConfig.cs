@@ -1,0 +1,94 @@
+using System.Text.Json.Nodes;
+using PeftSharp.Adapters;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Methods.Bottleneck;
+
+/// <summary>
+/// The invertible adapter of MAD-X (Pfeiffer et al. 2020, "MAD-X", §3.2 and Eq. 3-4): a NICE coupling block (Dinh et al.
+/// 2015) on the input embeddings, o1 = e1 + F(e2), o2 = e2 + G(o1), with F and G small bottleneck MLPs; its exact
+/// inverse e2 = o2 − G(o1), e1 = o1 − F(e2) is applied to the last hidden states before a tied output embedding, so a
+/// language adapter can reshape the shared vocabulary space for masked language modelling. <see cref="AdapterConfig.TargetModules"/>
+/// names both places (e.g. BERT's <c>embeddings.LayerNorm</c> and an MLM head's <c>decoder</c>); those also in
+/// <see cref="InverseModules"/> get the inverse on their input. One coupling serves all of them (a
+/// <see cref="ModelAdapter"/>, keys <c>base_model.model.invertible_adapter.F_down.weight</c>, ...). F's and G's output
+/// layers start at 0, so the adapter is the identity at init (AdapterHub draws them at random). Saved with
+/// <c>peft_type</c> "INVERTIBLE" (this library's layout).
+/// </summary>
+public sealed record InvertibleAdapterConfig : AdapterConfig
+{
+    /// <summary>The targets whose input is mapped back through the inverse (the tied output head); must be targets.</summary>
+    public TargetModules? InverseModules { get; init; }
+
+    /// <summary>AdapterHub <c>inv_adapter_reduction_factor</c>: F and G are (d/2 → d/2/r → d/2).</summary>
+    public double ReductionFactor { get; init; } = 2;
+
+    /// <summary>AdapterHub <c>non_linearity</c> of F and G.</summary>
+    public string NonLinearity { get; init; } = "relu";
+
+    public override string MethodName => "invertible";
+
+    public override string PeftType => "INVERTIBLE";
+
+    public override string SupportedLayerTypes => "Embedding, LayerNorm, Linear (the embedding output); Linear (the tied head, inverse)";
+
+    public override bool CanHold(Module module) => module is TorchSharp.Modules.Linear or TorchSharp.Modules.Embedding or TorchSharp.Modules.LayerNorm;
+
+    public bool IsInverse(string path) => InverseModules is { } inverse && TargetMatcher.IsTarget(inverse, path);
+
+    public override void Validate()
+    {
+        base.Validate();
+        if (!(ReductionFactor > 0)) throw new ArgumentOutOfRangeException(nameof(ReductionFactor), ReductionFactor, "The reduction factor must be positive, e.g. 2.");
+        Activations.Validate(NonLinearity, nameof(NonLinearity));
+    }
+
+    public override ModelAdapter? CreateModelAdapter(Module model, IReadOnlyList<string> targetPaths, bool initialize)
+    {
+        var modules = TargetMatcher.AdaptableModules(model).ToDictionary(m => m.Path, m => m.Module);
+        var forward = targetPaths.Where(p => !IsInverse(p)).ToList();
+        if (forward.Count == 0)
+            throw new ArgumentException($"The invertible adapter needs a target for its forward coupling (the embedding output); target_modules only matched inverse modules: {string.Join(", ", targetPaths)}.");
+        long width = Activations.Widths(modules[forward[0]], forward[0]).Out;
+        foreach (var path in targetPaths)
+        {
+            var (inWidth, outWidth) = Activations.Widths(modules[path], path);
+            long seen = IsInverse(path) ? inWidth : outWidth;
+            if (seen != width)
+                throw new ArgumentException($"The invertible adapter is {width} wide (from '{forward[0]}'), but '{path}' {(IsInverse(path) ? "takes" : "gives")} {seen}: one coupling must fit every target.");
+        }
+        var reference = modules[forward[0]].parameters().First();
+        return new NiceCoupling(width, ReductionFactor, NonLinearity, reference.dtype, reference.device);
+    }
+
+    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) =>
+        throw new InvalidOperationException("The invertible adapter's layers need its coupling: create them through PeftModel.");
+
+    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize, ModelAdapter? modelAdapter) =>
+        new InvertibleAdapter((NiceCoupling)modelAdapter!, IsInverse(path));
+
+    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    {
+        var json = new JsonObject();
+        PeftJson.WriteCommon(json, this);
+        json["inverse_modules"] = PeftJson.Targets(InverseModules);
+        json["inv_adapter"] = "nice";
+        json["inv_adapter_reduction_factor"] = ReductionFactor;
+        json["non_linearity"] = NonLinearity;
+        return json;
+    }
+
+    public static InvertibleAdapterConfig FromPeftJson(JsonObject json, string file)
+    {
+        var block = PeftJson.GetOr(json, "inv_adapter", "nice", file);
+        if (block != "nice") throw new AdapterConfigException($"{file}: inv_adapter '{block}' is not supported; PeftSharp has the NICE coupling (\"nice\").");
+        var config = new InvertibleAdapterConfig
+        {
+            InverseModules = PeftJson.ReadTargets(json, "inverse_modules", file),
+            ReductionFactor = PeftJson.GetOr(json, "inv_adapter_reduction_factor", 2.0, file),
+            NonLinearity = PeftJson.GetOr(json, "non_linearity", "relu", file),
+        };
+        return PeftJson.ReadCommon(config, json, file);
+    }
+}
