@@ -3,6 +3,7 @@ using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models.Bert;
+using PeftSharp.Models.Gpt;
 using PeftSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -91,6 +92,11 @@ public static class MethodMatrix
     static Module<Tensor, Tensor> TinyBertModel() => new TinyBert();
     static Tensor TinyBertInput() => randint(0, TinyBert.Vocabulary, [4, 6], dtype: ScalarType.Int64);
 
+    // A two-layer Llama-style decoder (rotary positions, SwiGLU, tied head) with Hugging Face's module names.
+    static Module<Tensor, Tensor> TinyGptModel() =>
+        new GptForCausalLM(new GptConfig { VocabSize = 40, HiddenSize = 16, IntermediateSize = 24, Layers = 2, Heads = 2, MaxPositions = 32 });
+    static Tensor TinyGptInput() => randint(0, 40, [4, 6], dtype: ScalarType.Int64);
+
     static AdapterConfig FfnBottleneck() => new BottleneckConfig { TargetModules = ["fc2"], BottleneckSize = 4 };
     static AdapterConfig MlpLora() => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 2 };
     static AdapterConfig BertPfeiffer() => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 };
@@ -152,6 +158,12 @@ public static class MethodMatrix
         new("bert-prefix-tuning", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
         new("bert-prefix-tuning-mlp", TinyBertModel, TinyBertInput, () => new PrefixTuningConfig { NumVirtualTokens = 2, PrefixProjection = true, EncoderHiddenSize = 8 },
             CanMerge: false, IdentityAtInit: false, PerRow: false),
+        // The same methods on a decoder: LoRA and (IA)³ on Llama's module names, a prompt and a prefix on the causal model.
+        new("gpt-lora", TinyGptModel, TinyGptInput, () => new LoraConfig { TargetModules = ["q_proj", "v_proj", "down_proj"], R = 2, LoraAlpha = 4 }),
+        new("gpt-ia3", TinyGptModel, TinyGptInput, () => new IA3Config { TargetModules = ["k_proj", "v_proj", "down_proj"], FeedforwardModules = ["down_proj"] }),
+        new("gpt-prompt-tuning", TinyGptModel, TinyGptInput, () => new PromptTuningConfig { NumVirtualTokens = 3, PromptTuningInit = PromptTuningInit.SampleVocab },
+            CanMerge: false, IdentityAtInit: false, PerRow: false),
+        new("gpt-prefix-tuning", TinyGptModel, TinyGptInput, () => new PrefixTuningConfig { NumVirtualTokens = 3 }, CanMerge: false, IdentityAtInit: false, PerRow: false),
         // Compositions over frozen source adapters (added and perturbed first): only the composition trains.
         new("block-scalearn", Block, BlockInput, () => new ScaLearnConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
             CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),

@@ -1,4 +1,3 @@
-using PeftSharp.Models.Bert;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Models;
@@ -14,6 +13,24 @@ public interface IInputPrompt
     /// <summary>The prompt for a batch, (B, P, C), on the model's device and dtype (tensors made here belong to the
     /// caller's dispose scope).</summary>
     Tensor Embeddings(long batchSize);
+}
+
+/// <summary>
+/// Extra key/value vectors put in front of every layer's keys and values (what prefix tuning and P-tuning v2 train, and
+/// what Hugging Face models take as <c>past_key_values</c>). Set one on <see cref="IPromptHost.AttentionPrefix"/>; the
+/// model then lets every token attend to the prefix and, as Hugging Face models do after <c>past_key_values</c>, numbers
+/// the tokens' positions from <see cref="Length"/> (BERT's position table, the GPT's rotary angles; the prefix keys are
+/// used as given, not rotated again). The provider owns its tensors (e.g. trainable parameters of an adapter module);
+/// the model only reads them.
+/// </summary>
+public interface IAttentionPrefix
+{
+    /// <summary>P, the number of prefix vectors per layer (the same for every layer).</summary>
+    int Length { get; }
+
+    /// <summary>Key and value prefix for layer <paramref name="layer"/>, each (B, heads, P, head size), on the model's
+    /// device and dtype. Tensors made here belong to the caller's dispose scope.</summary>
+    (Tensor Key, Tensor Value) KeyValues(int layer, long batchSize);
 }
 
 /// <summary>

@@ -1,6 +1,7 @@
 using PeftSharp.Adapters;
 using PeftSharp.IO;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Models;
 using PeftSharp.Models.Bert;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,5 +1,6 @@
 using PeftSharp.Adapters;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Models;
 using PeftSharp.Models.Gpt;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -141,7 +142,7 @@ public sealed class GptTests
     {
         public int Length => (int)keys.shape[2];
 
-        public (Tensor Keys, Tensor Values) KeysAndValues(int layer, long batchSize) => (keys, values);
+        public (Tensor Key, Tensor Value) KeyValues(int layer, long batchSize) => (keys, values);
     }
 
     [Fact]
@@ -156,9 +157,9 @@ public sealed class GptTests
         var block = (GptBlock)model.Decoder.Layers[0];
         var hidden = block.InputLayerNorm.call(model.Decoder.EmbedTokens.call(ids[.., ..2]));   // the input of layer 0's attention
         var (_, keys, values) = block.SelfAttention.Project(hidden, positionOffset: 0);       // (1, H, 2, D)
-        model.Prefix = new CachedPrefix(keys, values);
+        model.AttentionPrefix = new CachedPrefix(keys, values);
         var rest = model.call(ids[.., 2..]);
-        model.Prefix = null;
+        model.AttentionPrefix = null;
 
         Tensors.AssertClose(full[.., 2..], rest, 1e-5, "logits after a cached prefix");
     }
@@ -168,9 +169,38 @@ public sealed class GptTests
     {
         using var scope = NewDisposeScope();
         var model = NewModel();
-        model.Prefix = new CachedPrefix(zeros(1, 2, 3, 5), zeros(1, 2, 3, 5));
+        model.AttentionPrefix = new CachedPrefix(zeros(1, 2, 3, 5), zeros(1, 2, 3, 5));
         var e = Assert.Throws<InvalidOperationException>(() => model.call(zeros(1, 4, ScalarType.Int64)));
         Assert.Contains("expected [1, 2, 3, 8]", e.Message);
+    }
+
+    sealed class FixedPrompt(Tensor embeddings) : IInputPrompt
+    {
+        public int Length => (int)embeddings.shape[0];
+
+        public Tensor Embeddings(long batchSize) => embeddings.unsqueeze(0).expand(batchSize, -1, -1);
+    }
+
+    [Fact]
+    public void A_soft_prompt_keeps_the_logits_shape_and_its_positions_count_against_the_limit()
+    {
+        using var scope = NewDisposeScope();
+        var model = NewModel(Small with { MaxPositions = 8 });
+        var ids = tensor(new long[] { 4, 8, 15, 16, 23 }, [1, 5]);
+        using var _ = no_grad();
+        var plain = model.call(ids);
+        model.InputPrompt = new FixedPrompt(randn(3, 16));
+        var prompted = model.call(ids);
+        Assert.Equal(plain.shape, prompted.shape);                                            // (1, 5, V): prompt positions dropped
+        Assert.False(plain.allclose(prompted), "the prompt must change what the tokens see");
+        var e = Assert.Throws<ArgumentException>(() => model.call(zeros(1, 6, ScalarType.Int64)));
+        Assert.Contains("+ a prompt / prefix of 3", e.Message);
+        Assert.Contains("at most the last 5 tokens", e.Message);
+        // Generation keeps its window inside what the prompt leaves.
+        var generated = GptGeneration.Generate(model, [4, 8, 15, 16, 23], GenerationOptions.Greedy(maxNewTokens: 4) with { StopAtEndOfText = false });
+        Assert.Equal(4, generated.Count);
+        model.InputPrompt = null;
+        Tensors.AssertClose(plain, model.call(ids), 0, "logits after the prompt is removed");
     }
 
     [Fact]

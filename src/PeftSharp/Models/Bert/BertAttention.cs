@@ -7,23 +7,6 @@ using static TorchSharp.torch.nn;
 namespace PeftSharp.Models.Bert;
 
 /// <summary>
-/// Extra key/value vectors put in front of every layer's keys and values (what prefix tuning and P-tuning v2 train, and
-/// what Hugging Face BERT takes as <c>past_key_values</c>). Set one on <see cref="BertModel.AttentionPrefix"/>; the model
-/// then lets every token attend to the prefix (its attention mask gets <see cref="Length"/> ones in front) and, as
-/// Hugging Face BERT does with <c>past_key_values</c>, numbers the tokens' positions from <see cref="Length"/>.
-/// The provider owns its tensors (e.g. trainable parameters of an adapter module); BERT only reads them.
-/// </summary>
-public interface IAttentionPrefix
-{
-    /// <summary>P, the number of prefix vectors per layer (the same for every layer).</summary>
-    int Length { get; }
-
-    /// <summary>Key and value prefix for encoder layer <paramref name="layer"/>, each (B, heads, P, head size), on the
-    /// model's device and dtype. Tensors made here belong to the caller's dispose scope.</summary>
-    (Tensor Key, Tensor Value) KeyValues(int layer, long batchSize);
-}
-
-/// <summary>
 /// <c>attention.self</c>: multi-head scaled dot-product attention with projections <c>query</c>, <c>key</c>,
 /// <c>value</c> (Hugging Face <c>BertSelfAttention</c>). Returns the heads' concatenated context, before
 /// <c>attention.output.dense</c>.

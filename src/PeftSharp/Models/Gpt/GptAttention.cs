@@ -30,7 +30,7 @@ public sealed class GptAttention : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Set by <see cref="GptForCausalLM"/> before each forward (null: no prefix).</summary>
+    /// <summary>Set by <see cref="GptForCausalLM.AttentionPrefix"/> (null: no prefix).</summary>
     internal IAttentionPrefix? Prefix { get; set; }
 
     public override Tensor forward(Tensor x)                       // (B, T, C) -> (B, T, C)
@@ -45,7 +45,7 @@ public sealed class GptAttention : Module<Tensor, Tensor>
         }
         else
         {
-            var (prefixKeys, prefixValues) = Prefix.KeysAndValues(_layer, b);
+            var (prefixKeys, prefixValues) = Prefix.KeyValues(_layer, b);
             CheckPrefix(prefixKeys, "keys", b);
             CheckPrefix(prefixValues, "values", b);
             long p = prefixKeys.shape[2];

@@ -36,10 +36,16 @@ public sealed class GptModel : Module<Tensor, Tensor>
     /// <summary>The token embedding matrix (V, C) of the original <c>embed_tokens</c>.</summary>
     internal Parameter EmbeddingWeight => _embeddingWeight();
 
-    public override Tensor forward(Tensor ids)                     // (B, T) -> (B, T, C)
+    /// <summary>Set by <see cref="GptForCausalLM.InputPrompt"/>: embeddings put before the token embeddings.</summary>
+    internal IInputPrompt? Prompt { get; set; }
+
+    /// <summary>ids (B, T) → hidden states (B, P + T, C), where P is the length of the <see cref="Prompt"/> (0 without
+    /// one): the prompt's virtual tokens come first, so every token attends to them.</summary>
+    public override Tensor forward(Tensor ids)
     {
         using var scope = NewDisposeScope();
-        var h = _embedTokens.call(ids);
+        var h = _embedTokens.call(ids);                                                             // (B, T, C)
+        if (Prompt is { } prompt) h = cat([prompt.Embeddings(ids.shape[0]).to(h.dtype), h], 1);  // (B, P + T, C)
         foreach (var layer in Layers) h = layer.call(h);
         return _norm.call(h).MoveToOuterDisposeScope();
     }
@@ -51,10 +57,10 @@ public sealed class GptModel : Module<Tensor, Tensor>
 /// <c>model.layers.N.self_attn.{q,k,v,o}_proj</c>, <c>model.layers.N.mlp.{gate,up,down}_proj</c>, RMSNorms
 /// <c>input_layernorm</c> / <c>post_attention_layernorm</c> / <c>model.norm</c>, and <c>lm_head</c>. Positions are
 /// rotary (no position table, so nothing to outgrow but <see cref="GptConfig.MaxPositions"/>, which generation keeps
-/// to). With <see cref="GptConfig.TieWordEmbeddings"/> the head multiplies by the embedding matrix and owns no
+/// to). Soft prompts and prefixes plug in through <see cref="IPromptHost"/>. With <see cref="GptConfig.TieWordEmbeddings"/> the head multiplies by the embedding matrix and owns no
 /// parameter (<c>lm_head</c> is then not a Linear, so no adapter goes there). Input ids (B, T), output logits (B, T, V).
 /// </summary>
-public sealed class GptForCausalLM : Module<Tensor, Tensor>, IHasOutputHead
+public sealed class GptForCausalLM : Module<Tensor, Tensor>, IHasOutputHead, IPromptHost
 {
     [ComponentName(Name = "model")] readonly GptModel _model;
     [ComponentName(Name = "lm_head")] Module<Tensor, Tensor> _lmHead;
@@ -72,28 +78,54 @@ public sealed class GptForCausalLM : Module<Tensor, Tensor>, IHasOutputHead
 
     public string? OutputHeadPath => "lm_head";
 
-    /// <summary>Optional key/value prefix for every attention layer (the prefix-tuning hook); null: none.</summary>
-    public IAttentionPrefix? Prefix
+    /// <summary>Key/value vectors every layer's attention puts before its own (prefix tuning); null for none. The
+    /// sequence's rotary positions then start after the prefix. See <see cref="IAttentionPrefix"/>.</summary>
+    public IAttentionPrefix? AttentionPrefix
     {
         get => _prefix;
         set
         {
+            if (value is not null && value.Length < 0)
+                throw new ArgumentOutOfRangeException(nameof(value), value.Length, "An attention prefix has a length of 0 or more.");
             _prefix = value;
             foreach (var block in _model.Layers.OfType<GptBlock>()) block.SelfAttention.Prefix = value;
         }
     }
     IAttentionPrefix? _prefix;
 
+    /// <summary>Embeddings put before the token embeddings (prompt tuning); null for none. Every token attends to them
+    /// and the logits drop their positions, so the output stays (B, T, V). See <see cref="IInputPrompt"/>.</summary>
+    public IInputPrompt? InputPrompt
+    {
+        get => _model.Prompt;
+        set => _model.Prompt = value;
+    }
+
+    /// <summary>Positions taken by the prompt and the prefix, which the tokens' <see cref="GptConfig.MaxPositions"/>
+    /// share.</summary>
+    public int VirtualPositions => (InputPrompt?.Length ?? 0) + (AttentionPrefix?.Length ?? 0);
+
+    int IPromptHost.HiddenSize => Config.HiddenSize;
+
+    int IPromptHost.NumLayers => Config.Layers;
+
+    int IPromptHost.NumAttentionHeads => Config.Heads;
+
+    Tensor IPromptHost.InputEmbeddingWeight => _model.EmbeddingWeight;
+
     internal GptModel Decoder => _model;
 
     public override Tensor forward(Tensor ids)                     // (B, T) -> (B, T, V)
     {
         if (ids.dim() != 2) throw new ArgumentException($"Expected token ids of shape (batch, length), got [{string.Join(", ", ids.shape)}].", nameof(ids));
-        long positions = ids.shape[1] + (Prefix?.Length ?? 0);
-        if (positions > Config.MaxPositions)
-            throw new ArgumentException($"{ids.shape[1]} tokens{(Prefix is null ? "" : $" + a prefix of {Prefix.Length}")} exceed the {Config.MaxPositions} positions the model was trained for; pass at most the last {Config.MaxPositions} tokens.", nameof(ids));
+        int virtualPositions = VirtualPositions;
+        if (ids.shape[1] + virtualPositions > Config.MaxPositions)
+            throw new ArgumentException($"{ids.shape[1]} tokens{(virtualPositions == 0 ? "" : $" + a prompt / prefix of {virtualPositions}")} exceed the {Config.MaxPositions} positions the model was trained for; pass at most the last {Config.MaxPositions - virtualPositions} tokens.", nameof(ids));
         using var scope = NewDisposeScope();
-        return _lmHead.call(_model.call(ids)).MoveToOuterDisposeScope();
+        var hidden = _model.call(ids);                                                              // (B, P + T, C)
+        int p = InputPrompt?.Length ?? 0;
+        if (p > 0) hidden = hidden[.., p..];                                                        // (B, T, C)
+        return _lmHead.call(hidden).MoveToOuterDisposeScope();
     }
 
     /// <summary>The number of parameters, each shared tensor counted once.</summary>

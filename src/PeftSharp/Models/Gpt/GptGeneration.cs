@@ -71,7 +71,8 @@ public static class GptGeneration
                 float[] logits;
                 using (var scope = NewDisposeScope())
                 {
-                    var window = context.Skip(Math.Max(0, context.Count - model.Config.MaxPositions)).Select(i => (long)i).ToArray();
+                    int room = model.Config.MaxPositions - model.VirtualPositions;              // a prompt or prefix takes positions too
+                    var window = context.Skip(Math.Max(0, context.Count - room)).Select(i => (long)i).ToArray();
                     var ids = tensor(window, [1, window.Length], ScalarType.Int64, device);
                     logits = model.call(ids)[0, -1].to(ScalarType.Float32).cpu().data<float>().ToArray();    // (V)
                 }
