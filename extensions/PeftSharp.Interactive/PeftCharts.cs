@@ -53,13 +53,14 @@ public static class PeftCharts
         return routing.Layers.Select(layer => Routing(layer, routing.RowKind)).ToList();
     }
 
-    /// <summary>A heatmap of one layer's routing weights, rows × experts.</summary>
-    public static GenericChart Routing(RoutingLayer layer, string rowKind = "token")
+    /// <summary>A heatmap of one layer's routing weights, rows × experts (also any other rows × sources table of
+    /// weights, such as ScaLearn's scales: give it a <paramref name="title"/>).</summary>
+    public static GenericChart Routing(RoutingLayer layer, string rowKind = "token", string? title = null, string columnKind = "expert")
     {
         ArgumentNullException.ThrowIfNull(layer);
         var z = layer.Weights.Select(r => r.ToArray()).ToArray();
         return Style(Chart.Heatmap<double, string, string, string>(z, X: layer.Experts.ToArray(), Y: layer.Rows.ToArray(), Name: "weight",
-            ReverseYAxis: true), $"routing at {layer.Layer}", "expert", rowKind);
+            ReverseYAxis: true), title ?? $"routing at {layer.Layer}", columnKind, rowKind);
     }
 
     /// <summary>Training loss per step, with the evaluations' metrics as markers.</summary>

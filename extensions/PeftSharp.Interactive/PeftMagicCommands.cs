@@ -172,18 +172,19 @@ public sealed class PeftMagicCommands
         var (modelName, value) = Variable(command);
         var module = AsModule(modelName, value);
         var method = MethodList.Find(command.Text("method") ?? "lora");
-        var targets = TargetModules.Parse(command.Required("targets", "q,v"));
-        var config = method.CreateConfig(targets, MethodOptions(command, method));
+        var config = CreateConfig(command, method, MethodOptions(command, method));
         config.Validate();
         var selection = PeftModel.PreviewTargets(module, config);
         CheckRankFits(module, config, selection);
         var adapterName = command.Text("name") ?? PeftModel.DefaultAdapterName;
+        // Prompts and prefixes go into the model's hooks, not into layers.
+        var where = config.TargetsLayers ? $"{selection.Matched.Count} layer(s) of '{modelName}'" : $"the prompt hooks of '{modelName}'";
 
         var existing = value as PeftModel ?? FindPeftModel(module);
         if (existing is not null)
         {
             existing.AddAdapter(adapterName, config);
-            Show(context, HtmlViews.Note($"Added adapter '{adapterName}' ({method.Name}) to {selection.Matched.Count} layer(s) of '{modelName}'. " +
+            Show(context, HtmlViews.Note($"Added adapter '{adapterName}' ({method.Name}) to {where}. " +
                                          $"Active adapters stay {string.Join(", ", existing.ActiveAdapters)}: call SetActiveAdapters(\"{adapterName}\") to train it.") +
                                 HtmlViews.PeftModel(existing));
             return;
@@ -191,7 +192,7 @@ public sealed class PeftMagicCommands
         var peft = PeftModel.Create(module, config, adapterName);
         var variable = command.Text("as") ?? "peft";
         await _kernel.SetValueAsync(variable, peft, typeof(PeftModel));
-        Show(context, HtmlViews.Note($"Attached {method.Name} '{adapterName}' to {selection.Matched.Count} layer(s) of '{modelName}'; the variable '{variable}' holds the adapted model.") +
+        Show(context, HtmlViews.Note($"Attached {method.Name} '{adapterName}' to {where}; the variable '{variable}' holds the adapted model.") +
                       HtmlViews.PeftModel(peft));
     }
 
@@ -205,10 +206,11 @@ public sealed class PeftMagicCommands
     {
         var (name, value) = Variable(command);
         var module = AsModule(name, value);
-        var targetsText = command.Required("targets", "q,v");
         var method = MethodList.Find(command.Text("method") ?? "lora");
-        var config = method.CreateConfig(TargetModules.Parse(targetsText), new Dictionary<string, string>());
-        Show(context, HtmlViews.TargetSelection(PeftModel.PreviewTargets(module, config), targetsText));
+        var config = CreateConfig(command, method, new Dictionary<string, string>());
+        if (!config.TargetsLayers)
+            throw new ArgumentException($"{method.Name} adapts no layer (it plugs into the model's prompt hooks), so there are no targets to preview.");
+        Show(context, HtmlViews.TargetSelection(PeftModel.PreviewTargets(module, config), command.Text("targets") ?? $"{method.Name}'s default"));
         return Task.CompletedTask;
     }
 
@@ -347,6 +349,18 @@ public sealed class PeftMagicCommands
     }
 
     // A rank above min(out, in) adds parameters without adding expressiveness (and an SVD-based init cannot fill it).
+    // --targets, or the method's own default (Pfeiffer's placement, BitFit's every bias; prompts and prefixes take none);
+    // a method without a default asks for --targets.
+    static AdapterConfig CreateConfig(PeftDirectiveCommand command, MethodInfo method, IReadOnlyDictionary<string, string> options)
+    {
+        var targetsText = command.Text("targets");
+        var config = method.CreateConfig(targetsText is null ? null : TargetModules.Parse(targetsText), options);
+        if (config.TargetsLayers && config.TargetModules is null) command.Required("targets", "q,v");   // throws, naming the parameter
+        if (!config.TargetsLayers && targetsText is not null)
+            throw new ArgumentException($"{method.Name} adapts no layer (it plugs into the model's prompt hooks); leave out --targets.");
+        return config;
+    }
+
     static void CheckRankFits(Module model, AdapterConfig config, TargetSelection selection)
     {
         if (config is not PeftSharp.Methods.LowRank.LoraConfig lora) return;

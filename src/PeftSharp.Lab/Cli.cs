@@ -27,6 +27,9 @@ static class Cli
     public static async Task<int> RunAsync(string[] args)
     {
         var arguments = Arguments.Parse(args);
+        if (arguments.Flag("help") || arguments.Words.Contains("-h")) return Help(0);
+        if (arguments.UnknownOptions.FirstOrDefault() is { } unknown)
+            return Help(2, $"Unknown option '--{unknown}'; the options each command takes are listed below.");
         try
         {
             return arguments.Verb switch
@@ -79,9 +82,14 @@ sealed class Arguments
         return parsed;
     }
 
-    // Options that take a value; every other --option is a flag.
+    // Options that take a value; the flags; anything else is a typo, refused rather than silently ignored.
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
         or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr";
+
+    static bool IsFlag(string name) => name is "json" or "quick" or "help";
+
+    /// <summary>Options given that no command knows.</summary>
+    public IEnumerable<string> UnknownOptions => _options.Keys.Where(n => !IsValued(n) && !IsFlag(n));
 
     public string? Verb => _words.Count > 0 ? _words[0] : null;
 

@@ -145,6 +145,42 @@ public sealed class MagicCommandTests
     }
 
     [Fact]
+    public async Task Attach_summary_targets_and_merge_handle_bottleneck_scaling_and_prompt_methods()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok("""
+            using PeftSharp.Models.Bert; using PeftSharp.Models.Gpt;
+            torch.manual_seed(0);
+            var bert = new BertModel(new BertConfig { VocabSize = 50, HiddenSize = 16, NumHiddenLayers = 2, NumAttentionHeads = 2, IntermediateSize = 32, MaxPositionEmbeddings = 32 });
+            var gpt = new GptForCausalLM(new GptConfig { VocabSize = 40, HiddenSize = 16, IntermediateSize = 24, Layers = 2, Heads = 2, MaxPositions = 32 });
+            """);
+        // A bottleneck preset without --targets goes where its paper puts it (Pfeiffer: after each layer's FFN output).
+        Assert.Contains("encoder.layer.1.output.dense", await k.Ok("#!peft targets --model bert --method pfeiffer"));
+        var pfeiffer = await k.Ok("#!peft attach --model bert --method pfeiffer --size 4 --as bertPeft");
+        Assert.Contains("Attached pfeiffer 'default' to 2 layer(s) of 'bert'", pfeiffer);
+        Assert.Contains("encoder.layer.1.output.dense", pfeiffer);
+        Assert.Contains("Added adapter 'scales' (ia3)", await k.Ok("#!peft attach --model bertPeft --method ia3 --targets key,value --name scales"));
+        var summary = await k.Ok("#!peft summary --model bertPeft");
+        Assert.Contains("ia3", summary);
+        Assert.Contains("encoder.layer.0.attention.self.key", summary);
+        // What cannot merge says so, naming the adapter and the layer.
+        var merge = await k.Fails("#!peft merge --model bertPeft --adapters default");
+        Assert.Contains("Adapter 'default'", merge);
+        Assert.Contains("cannot be merged", merge);
+
+        // Prompts and prefixes go into the model's hooks; the summary lists them with their parameters (5 × 16).
+        var prompt = await k.Ok("#!peft attach --model gpt --method prompt-tuning --tokens 5 --as gptPeft");
+        Assert.Contains("Attached prompt-tuning 'default' to the prompt hooks of 'gpt'", prompt);
+        Assert.Contains("prompt-tuning", prompt);
+        Assert.Contains(">80<", prompt);
+        Assert.Contains("Added adapter 'prefix' (prefix-tuning)", await k.Ok("#!peft attach --model gptPeft --method prefix-tuning --tokens 3 --name prefix"));
+        Assert.Contains("leave out --targets", await k.Fails("#!peft attach --model gptPeft --method prefix-tuning --targets q_proj --name p2"));
+        Assert.Contains("no targets to preview", await k.Fails("#!peft targets --model gpt --method prompt-tuning"));
+        Assert.Contains("--targets is required", await k.Fails("#!peft attach --model gptPeft --method lora --name l"));
+        Assert.Contains("cannot be merged", await k.Fails("#!peft merge --model gptPeft --adapters default"));
+    }
+
+    [Fact]
     public async Task Completions_offer_method_names_and_model_variables()
     {
         using var k = await TestKernel.StartAsync();

@@ -148,4 +148,16 @@ public sealed class NotebookTests(ITestOutputHelper output)
         Assert.Equal(1, code);
         Assert.Contains("/nonexistent/x.ipynb", stderr);
     }
+
+    [Fact]
+    public async Task An_unknown_option_is_refused_and_help_runs_nothing()
+    {
+        var (code, _, stderr) = await Repository.Lab("run", "notebooks", "--tiemout", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("Unknown option '--tiemout'", stderr);
+        var (helpCode, help, _) = await Repository.Lab("run", "notebooks", "--help");
+        Assert.Equal(0, helpCode);
+        Assert.Contains("usage:", help);
+        Assert.DoesNotContain("notebooks:", help);                           // it printed usage instead of running
+    }
 }

@@ -1,4 +1,5 @@
 using PeftSharp.Adapters;
+using PeftSharp.Analysis;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Models;
@@ -117,5 +118,20 @@ public sealed class CompositionTests
         var (_, peft, _) = TwoBottlenecks();
         var error = Assert.Throws<ArgumentException>(() => peft.AddAdapter("s", new ScaLearnConfig { TargetModules = ["lin0", "lin1"], SourceAdapters = ["language", "task"] }));
         Assert.Contains("'lin0'", error.Message);
+    }
+
+    [Fact]
+    public void AdapterFusion_reports_its_attention_over_the_sources_as_routing_weights_that_sum_to_one()
+    {
+        var (model, peft, x) = TwoBottlenecks();
+        peft.AddAdapter("fusion", new AdapterFusionConfig { TargetModules = ["lin1"], SourceAdapters = ["language", "task"] });
+        peft.SetActiveAdapters("fusion");
+        using (var _ = model.call(x)) { }
+        var routing = RoutingWeights.Collect(peft, "example");
+        var layer = Assert.Single(routing.Layers);
+        Assert.Equal("lin1", layer.Layer);
+        Assert.Equal(["language", "task"], layer.Experts);
+        Assert.Equal(3, layer.Rows.Count);                                      // one row per example of the batch
+        foreach (var row in layer.Weights) Assert.Equal(1.0, row.Sum(), 5);
     }
 }

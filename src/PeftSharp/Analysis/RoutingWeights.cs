@@ -41,9 +41,9 @@ public sealed record RoutingLayer
 }
 
 /// <summary>
-/// Routing weights of a mixture-of-experts or multi-adapter routing method, per layer (task/token × expert). No method
-/// in the library routes yet: a routing method implements <see cref="IReportsRouting"/> on its adapter module and
-/// <see cref="Collect"/> gathers what its layers recorded in their last forward pass.
+/// Routing weights of a mixture-of-experts or multi-adapter routing method, per layer (task/token × expert). A routing
+/// method (AdapterFusion's attention over its source adapters, for one) implements <see cref="IReportsRouting"/> on its
+/// adapter module and <see cref="Collect"/> gathers what its layers recorded in their last forward pass.
 /// </summary>
 public sealed record RoutingWeights(IReadOnlyList<RoutingLayer> Layers, string RowKind = "token")
 {

@@ -11,7 +11,8 @@ namespace PeftSharp.Methods;
 public sealed record MethodParameter(string Name, string Type, string Default, string Description);
 
 /// <summary>A method the library has: its name, family, what it computes, whether it merges, its parameters, and how to
-/// make its config from command-line style options.</summary>
+/// make its config from command-line style options (targets null: the method's own default, e.g. Pfeiffer's placement,
+/// or none for prompts and prefixes; a method without a default then fails validation asking for them).</summary>
 public sealed record MethodInfo(
     string Name,
     string Family,
@@ -19,7 +20,7 @@ public sealed record MethodInfo(
     string Papers,
     bool CanMerge,
     IReadOnlyList<MethodParameter> Parameters,
-    Func<TargetModules, IReadOnlyDictionary<string, string>, AdapterConfig> CreateConfig);
+    Func<TargetModules?, IReadOnlyDictionary<string, string>, AdapterConfig> CreateConfig);
 
 /// <summary>
 /// The one place a method is announced: the CLI's <c>methods</c>, the notebook commands and completions, and the file
@@ -114,7 +115,7 @@ public static class MethodList
         new("invertible", "Bottleneck", "NICE coupling on the embeddings, o1 = e1 + F(e2), o2 = e2 + G(o1); inverse before a tied head", "Pfeiffer et al. 2020 (MAD-X)", false,
             InvertibleParameters, (targets, options) => Invertible(targets, options)),
         new("bitfit", "Activation", "only biases train: b + Δb, Δb = 0 at init", "Ben Zaken et al. 2022 (BitFit)", true,
-            [], (targets, options) => Checked("bitfit", options, [], new BitFitConfig { TargetModules = targets })),
+            [], (targets, options) => Checked("bitfit", options, [], targets is null ? new BitFitConfig() : new BitFitConfig { TargetModules = targets })),
         new("ln-tuning", "Activation", "a trainable copy of each LayerNorm (gain and bias)", "Zhao et al. 2023 (LN tuning)", true,
             [], (targets, options) => Checked("ln-tuning", options, [], new LnTuningConfig { TargetModules = targets })),
         new("prompt-tuning", "Activation", "P trainable embeddings before the input embeddings", "Lester et al. 2021", false,
@@ -161,7 +162,7 @@ public static class MethodList
             : throw new AdapterConfigException($"{file}: peft_type '{peftType}' is not one PeftSharp reads; it reads {string.Join(", ", Readers.Keys)}.");
     }
 
-    static LoraConfig Lora(TargetModules targets, IReadOnlyDictionary<string, string> options)
+    static LoraConfig Lora(TargetModules? targets, IReadOnlyDictionary<string, string> options)
     {
         var known = LoraParameters.Select(p => p.Name).ToHashSet();
         var unknown = options.Keys.Where(k => !known.Contains(k)).ToList();
@@ -194,13 +195,13 @@ public static class MethodList
     static bool Flag(IReadOnlyDictionary<string, string> options, string name, bool fallback) =>
         options.TryGetValue(name, out var v) ? bool.Parse(v) : fallback;
 
-    static BottleneckConfig Bottleneck(BottleneckConfig preset, TargetModules targets, IReadOnlyDictionary<string, string> options)
+    static BottleneckConfig Bottleneck(BottleneckConfig preset, TargetModules? targets, IReadOnlyDictionary<string, string> options)
     {
         CheckKnown(preset.MethodName, options, BottleneckParameters);
         var scaling = Option(options, "scaling", preset.ScalingMode switch { BottleneckScaling.Learned => "learned", BottleneckScaling.Channel => "channel", _ => preset.Scaling.ToString(CultureInfo.InvariantCulture) });
         return preset with
         {
-            TargetModules = targets,
+            TargetModules = targets ?? preset.TargetModules,   // null: the preset's own placement (Pfeiffer: after the FFN)
             ReductionFactor = Number(options, "reduction", preset.ReductionFactor),
             BottleneckSize = options.TryGetValue("size", out var size) ? int.Parse(size, CultureInfo.InvariantCulture) : preset.BottleneckSize,
             NonLinearity = Option(options, "activation", preset.NonLinearity),
@@ -241,7 +242,7 @@ public static class MethodList
         options.TryGetValue(name, out var list) && list.Length > 0
             ? TargetModules.List(list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)) : null;
 
-    static InvertibleAdapterConfig Invertible(TargetModules targets, IReadOnlyDictionary<string, string> options)
+    static InvertibleAdapterConfig Invertible(TargetModules? targets, IReadOnlyDictionary<string, string> options)
     {
         CheckKnown("invertible", options, InvertibleParameters);
         return new InvertibleAdapterConfig
@@ -279,7 +280,7 @@ public static class MethodList
         };
     }
 
-    static ScaLearnConfig ScaLearn(TargetModules targets, IReadOnlyDictionary<string, string> options)
+    static ScaLearnConfig ScaLearn(TargetModules? targets, IReadOnlyDictionary<string, string> options)
     {
         CheckKnown("scalearn", options, CompositionParameters);
         return new ScaLearnConfig
@@ -298,7 +299,7 @@ public static class MethodList
         };
     }
 
-    static IA3Config IA3(TargetModules targets, IReadOnlyDictionary<string, string> options)
+    static IA3Config IA3(TargetModules? targets, IReadOnlyDictionary<string, string> options)
     {
         CheckKnown("ia3", options, IA3Parameters);
         return new IA3Config

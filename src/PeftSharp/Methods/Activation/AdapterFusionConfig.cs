@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using PeftSharp.Adapters;
+using PeftSharp.Analysis;
 using PeftSharp.Methods.Bottleneck;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -61,7 +62,7 @@ public sealed record AdapterFusionConfig : AdapterConfig
 
 /// <summary>AdapterFusion at one layer (Pfeiffer et al. 2021, Eq. 4-6): query from the layer output, keys and values
 /// from each source adapter's contribution, softmax over the sources.</summary>
-public sealed class AdapterFusionAdapter : AdapterModule
+public sealed class AdapterFusionAdapter : AdapterModule, IReportsRouting
 {
     readonly Linear fusion_query, fusion_key, fusion_value;
     readonly IReadOnlyList<string> _sources;
@@ -90,6 +91,24 @@ public sealed class AdapterFusionAdapter : AdapterModule
 
     /// <summary>The fusion weights of the last forward pass, (..., K), for analysis (null before one).</summary>
     public Tensor? LastWeights { get; private set; }
+
+    /// <summary>The last forward pass's fusion weights as routing: one row per position (example or token, flattened
+    /// in order), one column per source adapter; each row sums to 1. The first <see cref="MaxRoutingRows"/> rows.</summary>
+    public RoutingLayer? LastRouting
+    {
+        get
+        {
+            if (LastWeights is null) return null;
+            using var rows = LastWeights.reshape(-1, _sources.Count).to(ScalarType.Float64).cpu();   // (N, K)
+            long n = Math.Min(rows.shape[0], MaxRoutingRows);
+            var values = rows.data<double>().ToArray();
+            var weights = Enumerable.Range(0, (int)n).Select(i => (IReadOnlyList<double>)values.AsSpan(i * _sources.Count, _sources.Count).ToArray()).ToList();
+            return new RoutingLayer(Layer?.Path ?? "adapter-fusion", Enumerable.Range(0, (int)n).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToList(), _sources, weights);
+        }
+    }
+
+    /// <summary>How many rows <see cref="LastRouting"/> reports at most (a heatmap taller than this is unreadable).</summary>
+    public const int MaxRoutingRows = 256;
 
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {
