@@ -23,9 +23,27 @@ public static class ProcessMemory
     public static void ReturnFreedMemory()
     {
         if (!OperatingSystem.IsLinux()) return;
+        MallocTrim(0);   // what is free already: else the next allocations reuse it and the peak misses them
         Mallopt(MallocMmapThreshold, 256 * 1024);
         Mallopt(MallocTrimThreshold, 1024 * 1024);
     }
+
+    /// <summary>
+    /// Undoes <see cref="ReturnFreedMemory"/> for speed: hands back what is free now (<c>malloc_trim</c>), then lets glibc
+    /// keep freed blocks under 32 MiB for reuse, where its own dynamic threshold settles in a process that frees large
+    /// blocks. A process that called <see cref="ReturnFreedMemory"/> runs tensor code measurably slower (a 1024² matmul
+    /// loop took 1.7 s instead of 1.2 s here) until this is called. Linux only; elsewhere it does nothing.
+    /// </summary>
+    public static void KeepFreedMemory()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        MallocTrim(0);
+        Mallopt(MallocMmapThreshold, 32 * 1024 * 1024);
+        Mallopt(MallocTrimThreshold, 64 * 1024 * 1024);
+    }
+
+    [DllImport("libc", EntryPoint = "malloc_trim")]
+    static extern int MallocTrim(nuint pad);
 
     /// <summary>Starts a new peak: later <see cref="Peak"/> readings cover only what happens from here (Linux 4.0+).</summary>
     public static void ResetPeak()
