@@ -355,7 +355,8 @@ public sealed class PeftMagicCommands
     {
         var targetsText = command.Text("targets");
         var config = method.CreateConfig(targetsText is null ? null : TargetModules.Parse(targetsText), options);
-        if (config.TargetsLayers && config.TargetModules is null) command.Required("targets", "q,v");   // throws, naming the parameter
+        if (config.TargetsLayers && config.TargetModules is null)
+            throw new ArgumentException($"--targets is required for {method.Name}, e.g. --targets q,v (names), 're:<regex>' or all-linear.");
         if (!config.TargetsLayers && targetsText is not null)
             throw new ArgumentException($"{method.Name} adapts no layer (it plugs into the model's prompt hooks); leave out --targets.");
         return config;

@@ -86,6 +86,16 @@ public static class Datasets
             new StringDataFrameColumn("Text", paragraphs.Select(p => BrownCorpus.Detokenize(p.SelectMany(s => s.Tokens.Split(' '))))));
     }
 
+    /// <summary>The paragraphs of <see cref="BrownText(Split)"/> from one genre (a name in <see cref="BrownGenreLabels"/>,
+    /// e.g. "government"), for adapting a language model to it.</summary>
+    public static DataFrame BrownText(Split split, string genre)
+    {
+        if (!BrownGenreLabels.Names.Contains(genre))
+            throw new ArgumentException($"'{genre}' is not a Brown genre; the genres are {string.Join(", ", BrownGenreLabels.Names)}.", nameof(genre));
+        var frame = BrownText(split);
+        return frame.Filter(((StringDataFrameColumn)frame["Genre"]).ElementwiseEquals(genre));
+    }
+
     /// <summary>
     /// Brown corpus passages labelled with their document's genre, for text classification: consecutive sentences of a
     /// document grouped into passages of at least 60 tokens (chosen when the dataset was built). Columns:

@@ -107,6 +107,19 @@ public sealed class DatasetTests
     }
 
     [Fact]
+    public void Brown_text_of_one_genre_holds_only_that_genre_and_an_unknown_genre_lists_the_genres()
+    {
+        var government = Datasets.BrownText(Split.Validation, "government");
+        var genres = Strings(government, "Genre");
+        Assert.NotEmpty(genres);
+        Assert.All(genres, g => Assert.Equal("government", g));
+        Assert.Equal(Strings(Datasets.BrownText(Split.Validation), "Genre").Count(g => g == "government"), genres.Length);
+        var e = Assert.Throws<ArgumentException>(() => Datasets.BrownText(Split.Train, "goverment"));
+        Assert.Contains("'goverment' is not a Brown genre", e.Message);
+        Assert.Contains("government", e.Message);
+    }
+
+    [Fact]
     public void Mnist_has_500_images_of_each_digit_split_400_50_50()
     {
         AssertSizes(Datasets.Mnist, 4000, 500, 500);
