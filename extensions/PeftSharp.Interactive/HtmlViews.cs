@@ -48,7 +48,8 @@ public static class HtmlViews
         return "<div class=\"peftsharp-summary\">" + head + Table(
             ["layer", "base", "shape", "adapter", "method", "rank", "parameters", "active", "merged"],
             report.Layers.Select(l => new object?[] { l.Path, l.BaseType, Shape(l.BaseShape), l.AdapterName, l.Method, l.Rank?.ToString(CultureInfo.InvariantCulture) ?? "-",
-                                                     l.Parameters.ToString("N0", CultureInfo.InvariantCulture), l.Active ? "yes" : "no", l.Merged ? "yes" : "no" })) + "</div>";
+                                                     l.Parameters.ToString("N0", CultureInfo.InvariantCulture), l.Active ? "yes" : "no", l.Merged ? "yes" : "no" })) +
+               string.Concat(report.Layers.Where(l => l.Note is not null).Select(l => Line($"note: '{l.Path}' ({l.AdapterName}): {l.Note}"))) + "</div>";
     }
 
     /// <summary>One adapter layer: its path, base module, and each adapter with method, rank and parameters.</summary>

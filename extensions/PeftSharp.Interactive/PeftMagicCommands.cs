@@ -44,6 +44,23 @@ public sealed class PeftMagicCommands
         {
             Description = "PeftSharp: attach adapters, inspect, merge, save/load, and chart spectra, ranks and routing. Subcommands: " + string.Join(", ", Subcommands),
         };
+        // Completions after `--` on an attach line: the chosen method's own options (the parser knows only the union).
+        _kernel.AddMiddleware(async (command, context, next) =>
+        {
+            if (command is Microsoft.DotNet.Interactive.Commands.RequestCompletions request && LineAt(request.Code, request.LinePosition) is { } line
+                && CompleteAttach(line, request.LinePosition.Character) is { } items)
+            {
+                // The kernel may hand over the line without its trailing blank: a cursor past the end starts a new word.
+                int column = request.LinePosition.Character;
+                bool inWord = column <= line.Length && column > 0 && !char.IsWhiteSpace(line[column - 1]);
+                var start = inWord && Words(line[..column]).LastOrDefault() is { } w ? column - w.Length : column;
+                var span = new LinePositionSpan(new LinePosition(request.LinePosition.Line, start), request.LinePosition);
+                context.Publish(new Microsoft.DotNet.Interactive.Events.CompletionsProduced(
+                    items.Select(i => new Microsoft.DotNet.Interactive.Events.CompletionItem(i.Text, "Property", documentation: i.Help)).ToList(), request, span));
+                return;
+            }
+            await next(command, context);
+        });
         // `#!peft` alone shows the subcommands and their parameters.
         _kernel.AddDirective(root, (_, context) =>
         {
@@ -160,10 +177,53 @@ public sealed class PeftMagicCommands
         P("--layer", "module path, e.g. layers.0.attn.q (default: every adapter layer)").AddCompletions(() =>
             ModelVariables().Select(v => v.Value).OfType<PeftModel>().SelectMany(p => p.Layers.Select(l => l.Path)).Distinct());
 
-    // Every method's options (--rank, --alpha, ...), once each; booleans are flags.
+    // The kernel's parser needs every option any method takes declared on `attach` (booleans as flags); what each one
+    // means depends on the method, so the help lists it per method, values are bound and checked by the chosen method
+    // alone (ConfigOptions.Bind refuses another method's option), and completions after `--` offer only the chosen
+    // method's options (see CompleteMethodOptions).
     static IEnumerable<KernelDirectiveParameter> MethodOptions() =>
-        MethodList.All.SelectMany(m => m.Parameters).GroupBy(p => p.Name).Select(g => g.First())
-            .Select(p => p.Type == "bool" ? Flag("--" + p.Name, $"{p.Description} (default {p.Default})") : P("--" + p.Name, $"{p.Description} ({p.Type}, default {p.Default})"));
+        MethodList.All.SelectMany(m => m.Parameters.Select(p => (Method: m.Name, Parameter: p))).GroupBy(x => x.Parameter.Name)
+            .Select(g =>
+            {
+                var meanings = g.GroupBy(x => $"{x.Parameter.Description} ({x.Parameter.Type}, default {x.Parameter.Default})")
+                    .Select(m => $"{string.Join("/", m.Select(x => x.Method))}: {m.Key}");
+                var help = string.Join("; ", meanings);
+                return g.All(x => x.Parameter.Type == "bool") ? Flag("--" + g.Key, help) : P("--" + g.Key, help);
+            });
+
+    /// <summary>The parameters of <c>#!peft attach</c> that do not belong to a method.</summary>
+    static readonly string[] AttachParameters = ["--model", "--method", "--targets", "--name", "--as"];
+
+    /// <summary>
+    /// Completions for a <c>#!peft attach</c> line: after <c>--</c>, the attach parameters and the options of the method the
+    /// line names (LoRA if none yet), each with its help; after an option that takes one of a closed list of values,
+    /// those values. Other requests go on to the kernel's own completions.
+    /// </summary>
+    internal static IReadOnlyList<(string Text, string Help)>? CompleteAttach(string line, int column)
+    {
+        var words = Words(line[..Math.Min(column, line.Length)]).ToList();
+        bool atNewWord = column == 0 || column > line.Length || char.IsWhiteSpace(line[column - 1]);
+        if (words.Count < 2 || words[0] != DirectiveName || words[1] != "attach") return null;
+        var current = atNewWord ? "" : words[^1];
+        var previous = atNewWord ? words[^1] : words.Count >= 2 ? words[^2] : "";
+        int methodAt = words.IndexOf("--method");
+        var methodName = methodAt >= 0 && methodAt + 1 < words.Count && words[methodAt + 1] != current ? words[methodAt + 1] : "lora";
+        var method = MethodList.All.FirstOrDefault(m => string.Equals(m.Name, methodName, StringComparison.OrdinalIgnoreCase));
+        if (method is null) return null;
+        if (current.StartsWith('-'))
+            return AttachParameters.Select(p => (p, "#!peft attach"))
+                .Concat(method.Parameters.Select(p => ("--" + p.Name, $"{method.Name}: {p.Description} ({p.Type}, default {p.Default})")))
+                .Where(c => c.Item1.StartsWith(current, StringComparison.Ordinal)).ToList();
+        if (previous.StartsWith("--", StringComparison.Ordinal) && method.Parameters.FirstOrDefault(p => "--" + p.Name == previous) is { Choices: { Count: > 0 } choices } parameter)
+            return choices.Where(c => c.StartsWith(current, StringComparison.OrdinalIgnoreCase)).Select(c => (c, $"{method.Name} --{parameter.Name}")).ToList();
+        return null;
+    }
+
+    static string? LineAt(string code, LinePosition position)
+    {
+        var lines = code.Split('\n');
+        return position.Line < lines.Length ? lines[position.Line].TrimEnd('\r') : null;
+    }
 
     // ---- handlers ----
 
@@ -175,7 +235,6 @@ public sealed class PeftMagicCommands
         var config = CreateConfig(command, method, MethodOptions(command, method));
         config.Validate();
         var selection = PeftModel.PreviewTargets(module, config);
-        CheckRankFits(module, config, selection);
         var adapterName = command.Text("name") ?? PeftModel.DefaultAdapterName;
         // Prompts and prefixes go into the model's hooks, not into layers.
         var where = config.TargetsLayers ? $"{selection.Matched.Count} layer(s) of '{modelName}'" : $"the prompt hooks of '{modelName}'";
@@ -318,37 +377,25 @@ public sealed class PeftMagicCommands
     static void Show(KernelInvocationContext context, string html) =>
         KernelInvocationContextExtensions.Display(context, new PeftHtml(html), HtmlFormatter.MimeType);
 
+    // Every method option given on the line, by name; the chosen method binds them (its config's declaration says
+    // what each means and which values are valid) and refuses options of other methods.
     static Dictionary<string, string> MethodOptions(PeftDirectiveCommand command, MethodInfo method)
     {
         var options = new Dictionary<string, string>();
-        foreach (var parameter in method.Parameters)
+        var own = method.Parameters.ToDictionary(p => p.Name);
+        foreach (var name in MethodList.All.SelectMany(m => m.Parameters).Select(p => p.Name).Distinct())
         {
-            if (parameter.Type == "bool")
+            bool isFlag = own.TryGetValue(name, out var parameter) ? parameter.Type == "bool" : false;
+            if (isFlag)
             {
-                if (command.Flag(parameter.Name)) options[parameter.Name] = "true";
-                continue;
+                if (command.Flag(name)) options[name] = "true";
             }
-            if (command.Text(parameter.Name) is not { } text) continue;
-            bool ok = parameter.Type switch
-            {
-                "int" => int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out _),
-                "float" => double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out _),
-                _ => true,
-            };
-            if (!ok)
-                throw new ArgumentException($"--{parameter.Name} needs {(parameter.Type == "int" ? "a whole number" : "a number")} ({parameter.Description}), not '{text}'.");
-            options[parameter.Name] = text;
+            else if (command.Text(name) is { } text) options[name] = text;
+            else if (!own.ContainsKey(name) && command.Flag(name)) options[name] = "true";
         }
-        // Options of other methods were given but this method has no such parameter.
-        var known = method.Parameters.Select(p => p.Name).ToHashSet();
-        var foreign = MethodList.All.SelectMany(m => m.Parameters).Select(p => p.Name).Distinct()
-            .Where(n => !known.Contains(n) && (command.Text(n) is not null || command.Flag(n))).ToList();
-        if (foreign.Count > 0)
-            throw new ArgumentException($"{method.Name} has no option {string.Join(", ", foreign.Select(f => "--" + f))}; its options: {string.Join(", ", known.Select(k => "--" + k))}.");
         return options;
     }
 
-    // A rank above min(out, in) adds parameters without adding expressiveness (and an SVD-based init cannot fill it).
     // --targets, or the method's own default (Pfeiffer's placement, BitFit's every bias; prompts and prefixes take none);
     // a method without a default asks for --targets.
     static AdapterConfig CreateConfig(PeftDirectiveCommand command, MethodInfo method, IReadOnlyDictionary<string, string> options)
@@ -360,21 +407,6 @@ public sealed class PeftMagicCommands
         if (!config.TargetsLayers && targetsText is not null)
             throw new ArgumentException($"{method.Name} adapts no layer (it plugs into the model's prompt hooks); leave out --targets.");
         return config;
-    }
-
-    static void CheckRankFits(Module model, AdapterConfig config, TargetSelection selection)
-    {
-        if (config is not PeftSharp.Methods.LowRank.LoraConfig lora) return;
-        var modules = TargetMatcher.AdaptableModules(model).ToDictionary(m => m.Path, m => m.Module);
-        foreach (var path in selection.Matched)
-        {
-            if (modules[path].get_parameter("weight") is not { } weight || weight.dim() != 2) continue;
-            long limit = Math.Min(weight.shape[0], weight.shape[1]);
-            int rank = lora.RankAt(path);
-            if (rank > limit)
-                throw new ArgumentOutOfRangeException("rank", rank,
-                    $"--rank {rank} does not fit '{path}' (weight [{weight.shape[0]} x {weight.shape[1]}]): a rank above min(out, in) = {limit} adds parameters but no expressiveness. Use --rank {limit} or less.");
-        }
     }
 
     (string Name, object? Value) Variable(PeftDirectiveCommand command)

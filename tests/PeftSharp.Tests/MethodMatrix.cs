@@ -18,10 +18,16 @@ namespace PeftSharp.Tests;
 /// <param name="IdentityAtInit">A fresh adapter leaves the output unchanged (not so for compositions over trained sources).</param>
 /// <param name="PerRow">Rows of a batch can use different adapters; rows that cannot are asserted to refuse clearly.</param>
 /// <param name="Sources">Adapters the row's adapter composes (ScaLearn, AdapterFusion): added (and perturbed) first.</param>
+/// <param name="Method">The registered method the row exercises, where the config's own name does not say it (a preset
+/// such as "pfeiffer", an init such as "pissa").</param>
 public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model, Func<Tensor> Input, Func<AdapterConfig> Config,
                                 bool ChangesBase = false, bool CanMerge = true, bool IdentityAtInit = true, bool PerRow = true,
-                                IReadOnlyList<(string Name, Func<AdapterConfig> Config)>? Sources = null, double RoundingTolerance = 0)
+                                IReadOnlyList<(string Name, Func<AdapterConfig> Config)>? Sources = null, double RoundingTolerance = 0,
+                                string? Method = null)
 {
+    /// <summary>The registered method this row exercises.</summary>
+    public string MethodName => Method ?? Config().MethodName;
+
     /// <summary>How far two runs that should agree bit for bit may differ: 0, except where a kernel may round
     /// differently (oneDNN's convolution on a reloaded weight) or the base was rewritten.</summary>
     public double ExactTolerance => ChangesBase ? Tolerance : RoundingTolerance;
@@ -54,7 +60,7 @@ public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model,
     /// <summary>A second adapter for the two-adapter behaviours: the same method, except that methods which rewrite
     /// the base get a plain LoRA (a second residual init would rewrite the base under the first adapter).</summary>
     public AdapterConfig SecondConfig() =>
-        Config() is LoraConfig lora && lora.InitLoraWeights.ChangesBaseWeights ? lora with { InitLoraWeights = LoraInit.Default } : Config();
+        Config() is { RewritesBase: true } config ? config.PlainEquivalent() : Config();
 
     /// <summary>A model with fixed weights: every call gives the same base.</summary>
     public Module<Tensor, Tensor> NewModel(int seed = 7)
@@ -113,12 +119,12 @@ public static class MethodMatrix
         new("mlp-lora-gaussian", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Gaussian }),
         new("mlp-lora-bias-head", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0"], R = 4, Bias = "all", LoraBias = true, ModulesToSave = ["head"] }),
         new("mlp-dora", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, UseDora = true }),
-        new("mlp-pissa", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, LoraAlpha = 8, InitLoraWeights = LoraInit.Pissa }, ChangesBase: true),
-        new("mlp-pissa-niter", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.PissaNiter(2) }, ChangesBase: true),
-        new("mlp-olora", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Olora }, ChangesBase: true),
+        new("mlp-pissa", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, LoraAlpha = 8, InitLoraWeights = LoraInit.Pissa }, ChangesBase: true, Method: "pissa"),
+        new("mlp-pissa-niter", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.PissaNiter(2) }, ChangesBase: true, Method: "pissa"),
+        new("mlp-olora", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Olora }, ChangesBase: true, Method: "olora"),
         new("block-lora", Block, BlockInput, () => new LoraConfig { TargetModules = BlockTargets, R = 4, LoraAlpha = 8 }),
         new("block-dora-dropout", Block, BlockInput, () => new LoraConfig { TargetModules = BlockTargets, R = 4, UseDora = true, LoraDropout = 0.1 }),
-        new("block-pissa", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Pissa }, ChangesBase: true),
+        new("block-pissa", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Pissa }, ChangesBase: true, Method: "pissa"),
         new("tokens-lora-embedding", TokenModel, TokenInput, () => new LoraConfig { TargetModules = ["embed", "q", "v"], R = 4 }),
         new("tokens-lora-all-linear", TokenModel, TokenInput, () => new LoraConfig { TargetModules = TargetModules.AllLinear, R = 2 }),
 
@@ -140,8 +146,8 @@ public static class MethodMatrix
         new("block-conv-adapter", Block, BlockInput, () => new BottleneckConfig { TargetModules = ["o", "fc2"], BottleneckSize = 4, ConvKernelSize = 3, NonLinearity = "gelu" }, CanMerge: false,
             RoundingTolerance: 1e-6),
         new("block-compacter", Block, BlockInput, () => new BottleneckConfig { TargetModules = ["o", "fc2"], BottleneckSize = 4, PhmLayer = true, PhmDim = 2 }, CanMerge: false),
-        new("bert-pfeiffer", TinyBertModel, TinyBertInput, () => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 }, CanMerge: false),
-        new("bert-houlsby", TinyBertModel, TinyBertInput, () => BottleneckConfig.Houlsby() with { BottleneckSize = 4 }, CanMerge: false),
+        new("bert-pfeiffer", TinyBertModel, TinyBertInput, () => BottleneckConfig.Pfeiffer() with { BottleneckSize = 4 }, CanMerge: false, Method: "pfeiffer"),
+        new("bert-houlsby", TinyBertModel, TinyBertInput, () => BottleneckConfig.Houlsby() with { BottleneckSize = 4 }, CanMerge: false, Method: "houlsby"),
         new("bert-parallel-sublayer-input", TinyBertModel, TinyBertInput, () => BottleneckConfig.Parallel() with { BottleneckSize = 4 }, CanMerge: false),
         new("tokens-invertible-with-inverse-head", TokenModel, TokenInput, () => new InvertibleAdapterConfig { TargetModules = ["embed", "head"], InverseModules = ["head"] }, CanMerge: false),
         new("bert-invertible", TinyBertModel, TinyBertInput, () => new InvertibleAdapterConfig { TargetModules = ["embeddings.LayerNorm"], NonLinearity = "gelu" }, CanMerge: false),
@@ -175,7 +181,7 @@ public static class MethodMatrix
         }, CanMerge: false, IdentityAtInit: false, Sources: [("src0", BertPfeiffer), ("src1", BertPfeiffer)]),
         new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
             CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
-        new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false),
+        new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false, Method: "compacter++"),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });

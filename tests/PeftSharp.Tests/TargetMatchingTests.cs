@@ -127,9 +127,14 @@ public sealed class TargetMatchingTests
     }
 
     [Fact]
-    public void A_rank_larger_than_the_layer_allows_is_refused_with_the_layer_size()
+    public void A_rank_larger_than_the_layer_is_accepted_as_PEFT_does_but_not_by_a_decomposition_init()
     {
-        var error = Assert.Throws<ArgumentOutOfRangeException>(() => PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 64 }));
+        // PEFT accepts r above min(out, in): more parameters, no more expressiveness (the summary says so).
+        var peft = PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 64 });
+        Assert.Equal(64, peft.Layers.Single()["default"].Rank);
+        Assert.Contains("above min(out, in)", peft.ParameterReport().Layers.Single().Note);
+        // PiSSA takes r singular triplets of W, which has at most min(out, in).
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 64, InitLoraWeights = LoraInit.Pissa }));
         Assert.Contains("'lin0'", error.Message);
         Assert.Contains("32x16", error.Message);
     }

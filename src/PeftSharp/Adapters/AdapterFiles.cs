@@ -80,7 +80,7 @@ public static class AdapterFiles
 
         Directory.CreateDirectory(directory);
         SafeTensors.Save(Path.Combine(directory, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), PeftJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), ConfigJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
     }
 
     internal static void Load(PeftModel peft, string directory, string adapterName)
@@ -101,10 +101,14 @@ public static class AdapterFiles
             throw new ArgumentException($"{Path.Combine(directory, ConfigFileName)} does not fit this model: {e.Message}", e);
         }
 
+        // A file saved without PEFT's conversion (init_lora_weights "pissa", "olora") holds A and B relative to a
+        // residual base: as PEFT does, run the initialisation on this base again (it writes the residual when the adapter
+        // is committed), then the file's values replace the fresh A and B.
+        bool reinitialize = config.RewritesBase;
         Dictionary<string, AdapterModule> adapters;
         try
         {
-            adapters = peft.CreateAdapters(config, selection.Matched, initialize: false, modelAdapter);
+            adapters = peft.CreateAdapters(config, selection.Matched, initialize: reinitialize, modelAdapter);
         }
         catch
         {
@@ -117,8 +121,8 @@ public static class AdapterFiles
             // Every tensor the model needs from the file, with the parameter it goes into.
             var expected = new Dictionary<string, (Tensor Target, string What)>();
             foreach (var (path, adapter) in adapters)
-                foreach (var (name, parameter) in adapter.named_parameters())
-                    expected[KeyPrefix + path + "." + name] = (parameter, $"{name} of '{path}' ({adapter.MethodName}, rank {adapter.Rank})");
+                foreach (var (name, tensor) in adapter.FileTensors())
+                    expected[KeyPrefix + path + "." + name] = (tensor, $"{name} of '{path}' ({adapter.MethodName}, rank {adapter.Rank})");
             var savedModulePaths = peft.ModulesToSavePaths(config);
             foreach (var path in savedModulePaths)
                 foreach (var (name, parameter) in peft.BaseLayerAt(path).named_parameters())
@@ -160,8 +164,8 @@ public static class AdapterFiles
             using (no_grad())
             {
                 foreach (var (path, adapter) in adapters)
-                    foreach (var (name, parameter) in adapter.named_parameters())
-                        parameter.copy_(values[KeyPrefix + path + "." + name]);
+                    foreach (var (name, tensor) in adapter.FileTensors())
+                        tensor.copy_(values[KeyPrefix + path + "." + name]);
                 if (modelAdapter is not null)
                     foreach (var (key, parameter) in modelAdapter.FileParameters())
                         parameter.copy_(values[key]);
@@ -177,7 +181,7 @@ public static class AdapterFiles
 
         try
         {
-            peft.Commit(adapterName, config, adapters, modelAdapter, initialize: false, afterAttach: copies =>
+            peft.Commit(adapterName, config, adapters, modelAdapter, initialize: reinitialize, afterAttach: copies =>
             {
                 using var _ = no_grad();
                 foreach (var (path, copy) in copies)

@@ -89,8 +89,22 @@ public abstract class AdapterModule : Module
     /// <paramref name="asPlainDelta"/> an adapter whose initialisation changed the base weights returns the
     /// equivalent adapter for the original weights (PEFT's PiSSA/OLoRA conversion).
     /// </summary>
-    public virtual IEnumerable<(string Name, Tensor Value)> TensorsForFile(bool asPlainDelta) =>
-        named_parameters().Select(p => (p.name, (Tensor)p.parameter));
+    public virtual IEnumerable<(string Name, Tensor Value)> TensorsForFile(bool asPlainDelta) => FileTensors();
+
+    /// <summary>
+    /// The tensors a file holds for this adapter and loads back into, by name: every parameter and every buffer (frozen
+    /// projections, masks, index tables, importance statistics), as PEFT saves its methods' buffers. TorchSharp registers
+    /// every Tensor field as a buffer, so a buffer whose name starts with an underscore (a private field such as a cached
+    /// initial value) is scratch and stays out of the file.
+    /// </summary>
+    public virtual IEnumerable<(string Name, Tensor Tensor)> FileTensors() =>
+        named_parameters().Select(p => (p.name, (Tensor)p.parameter))
+            .Concat(named_buffers().Where(b => !b.name.Split('.')[^1].StartsWith('_')).Select(b => (b.name, b.buffer)));
+
+    /// <summary>Whether the parameter <paramref name="name"/> (as in <c>named_parameters()</c>) trains while the adapter
+    /// is active. By default every parameter does; a method that trains a subset (only singular values, only a
+    /// diagonal) says which, and the engine leaves the others frozen.</summary>
+    public virtual bool Trains(string name) => true;
 
     /// <summary>The base layer's <c>weight</c> parameter.</summary>
     public static Parameter BaseWeight(Module<Tensor, Tensor> baseLayer) =>

@@ -1,8 +1,9 @@
 namespace PeftSharp.Adapters;
 
-/// <summary>One adapter at one layer, for summaries.</summary>
+/// <summary>One adapter at one layer, for summaries. <paramref name="Note"/> says what a reader should know (e.g. a
+/// rank above min(out, in), which PEFT accepts but which adds parameters and no expressiveness).</summary>
 public sealed record AdapterLayerInfo(string Path, string BaseType, long[] BaseShape, string AdapterName, string Method, int? Rank,
-                                      long Parameters, bool Active, bool Merged);
+                                      long Parameters, bool Active, bool Merged, string? Note = null);
 
 /// <summary>Trainable versus total parameters of an adapted model (PEFT's <c>print_trainable_parameters</c>), with
 /// the memory they take and one row per adapter per layer.</summary>

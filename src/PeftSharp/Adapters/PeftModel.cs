@@ -47,11 +47,13 @@ public sealed class PeftModel
     /// <summary>The <c>modules_to_save</c> wrappers, in model order.</summary>
     public IReadOnlyList<ModulesToSaveWrapper> SavedModules => Model.named_modules().Select(m => m.module).OfType<ModulesToSaveWrapper>().ToList();
 
-    /// <summary>Puts an adapter named <paramref name="adapterName"/> into <paramref name="model"/> and activates it.</summary>
-    public static PeftModel Create(Module model, AdapterConfig config, string adapterName = DefaultAdapterName)
+    /// <summary>Puts an adapter named <paramref name="adapterName"/> into <paramref name="model"/> and activates it.
+    /// <paramref name="calibrate"/>: for methods that initialise from statistics of their targets' inputs
+    /// (<see cref="AdapterConfig.NeedsCalibration"/>), an action that runs the model on a few batches.</summary>
+    public static PeftModel Create(Module model, AdapterConfig config, string adapterName = DefaultAdapterName, Action? calibrate = null)
     {
         var peft = new PeftModel(model);
-        peft.AddAdapter(adapterName, config);
+        peft.AddAdapter(adapterName, config, calibrate);
         peft.SetActiveAdapters(adapterName);
         return peft;
     }
@@ -87,23 +89,35 @@ public sealed class PeftModel
 
     /// <summary>Adds another adapter. Like PEFT's <c>add_adapter</c> it does not become active by itself
     /// (call <c>SetActiveAdapters</c>); only active adapters train.</summary>
-    public TargetSelection AddAdapter(string adapterName, AdapterConfig config)
+    /// <remarks><paramref name="calibrate"/> runs the model on a few batches for methods that initialise from
+    /// statistics of their targets' inputs (<see cref="AdapterConfig.NeedsCalibration"/>); others ignore it.</remarks>
+    public TargetSelection AddAdapter(string adapterName, AdapterConfig config, Action? calibrate = null)
     {
         EnsureUsable();
         ValidateNewName(adapterName);
         config.Validate();
         CheckDependencies(config);
         var selection = SelectTargets(Model, config);
-        var modelAdapter = config.CreateModelAdapter(Model, selection.Matched, initialize: true);
+        Dictionary<string, LayerStatistics>? statistics = null;
+        if (config.NeedsCalibration)
+            statistics = Calibration.Collect(Model, selection.Matched, calibrate ?? throw new ArgumentException(
+                $"{config.MethodName} initialises from statistics of each target's inputs: pass a calibration action that runs the model on a few batches, " +
+                "e.g. AddAdapter(name, config, calibrate: () => { foreach (var batch in batches) model.call(batch); }).", nameof(calibrate)));
+        ModelAdapter? modelAdapter = null;
         Dictionary<string, AdapterModule> adapters;
         try
         {
-            adapters = CreateAdapters(config, selection.Matched, initialize: true, modelAdapter);
+            modelAdapter = config.CreateModelAdapter(Model, selection.Matched, initialize: true);
+            adapters = CreateAdapters(config, selection.Matched, initialize: true, modelAdapter, statistics);
         }
         catch
         {
             modelAdapter?.Dispose();
             throw;
+        }
+        finally
+        {
+            if (statistics is not null) foreach (var s in statistics.Values) s.Dispose();
         }
         Commit(adapterName, config, adapters, modelAdapter, initialize: true);
         return selection;
@@ -120,13 +134,14 @@ public sealed class PeftModel
         if (!trainable) UpdateTrainable(trainableAdapters: _active.Where(a => a != adapterName).ToList());
     }
 
-    internal Dictionary<string, AdapterModule> CreateAdapters(AdapterConfig config, IReadOnlyList<string> paths, bool initialize, ModelAdapter? modelAdapter)
+    internal Dictionary<string, AdapterModule> CreateAdapters(AdapterConfig config, IReadOnlyList<string> paths, bool initialize, ModelAdapter? modelAdapter,
+                                                              IReadOnlyDictionary<string, LayerStatistics>? statistics = null)
     {
         var adapters = new Dictionary<string, AdapterModule>();
         try
         {
             foreach (var path in paths)
-                adapters[path] = config.CreateAdapter(path, BaseLayerAt(path), initialize, modelAdapter);
+                adapters[path] = config.CreateAdapter(new AdapterContext(path, BaseLayerAt(path), initialize, modelAdapter, statistics?.GetValueOrDefault(path)));
         }
         catch
         {
@@ -285,7 +300,8 @@ public sealed class PeftModel
         var layers = Layers;
         foreach (var layer in layers)
             foreach (var name in layer.AdapterNames.Where(trainableAdapters.Contains))
-                foreach (var p in layer[name].parameters()) p.requires_grad = true;
+                foreach (var (parameterName, p) in layer[name].named_parameters())
+                    p.requires_grad = layer[name].Trains(parameterName);
         foreach (var wrapper in SavedModules)
             foreach (var name in wrapper.AdapterNames.Where(trainableAdapters.Contains))
                 foreach (var p in wrapper[name].parameters()) p.requires_grad = true;
@@ -512,8 +528,10 @@ public sealed class PeftModel
             foreach (var name in layer.AdapterNames)
             {
                 var adapter = layer[name];
+                long limit = weight is { } w && w.dim() == 2 ? Math.Min(w.shape[0], w.shape[1]) : long.MaxValue;
+                var note = adapter.Rank > limit ? $"rank {adapter.Rank} is above min(out, in) = {limit}: more parameters, no more expressiveness" : null;
                 rows.Add(new AdapterLayerInfo(layer.Path, layer.BaseLayer.GetType().Name, weight?.shape ?? [], name, adapter.MethodName,
-                    adapter.Rank, adapter.parameters().Sum(p => p.numel()), layer.ActiveAdapters.Contains(name), layer.MergedAdapters.Contains(name)));
+                    adapter.Rank, adapter.parameters().Sum(p => p.numel()), layer.ActiveAdapters.Contains(name), layer.MergedAdapters.Contains(name), note));
             }
         }
         foreach (var wrapper in SavedModules)

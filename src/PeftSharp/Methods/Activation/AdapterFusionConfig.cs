@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using PeftSharp.Analysis;
 using PeftSharp.Methods.Bottleneck;
@@ -18,6 +19,8 @@ namespace PeftSharp.Methods.Activation;
 /// </summary>
 public sealed record AdapterFusionConfig : AdapterConfig
 {
+    /// <summary>The names of the frozen adapters fused (this library's <c>source_adapters</c>).</summary>
+    [JsonPropertyName("source_adapters"), Option("sources", "source_adapters: comma-separated names of the frozen adapters to fuse")]
     public IReadOnlyList<string> SourceAdapters { get; init; } = [];
 
     public override string MethodName => "adapter-fusion";
@@ -42,22 +45,13 @@ public sealed record AdapterFusionConfig : AdapterConfig
         return null;
     }
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize)
+    public override AdapterModule CreateAdapter(AdapterContext context)
     {
-        var reference = baseLayer.parameters().First();
-        return new AdapterFusionAdapter(SourceAdapters, Bottleneck.Activations.Widths(baseLayer, path).Out, reference.dtype, reference.device);
+        var reference = context.BaseLayer.parameters().First();
+        return new AdapterFusionAdapter(SourceAdapters, Bottleneck.Activations.Widths(context.BaseLayer, context.Path).Out, reference.dtype, reference.device);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
-    {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        json["source_adapters"] = new JsonArray(SourceAdapters.Select(s => (JsonNode)s).ToArray());
-        return json;
-    }
-
-    public static AdapterFusionConfig FromPeftJson(JsonObject json, string file) =>
-        PeftJson.ReadCommon(new AdapterFusionConfig { SourceAdapters = CompositionChecks.ReadSources(json, file) }, json, file);
+    public override IReadOnlyList<string> FileTensorMarkers => [".fusion_"];
 }
 
 /// <summary>AdapterFusion at one layer (Pfeiffer et al. 2021, Eq. 4-6): query from the layer output, keys and values

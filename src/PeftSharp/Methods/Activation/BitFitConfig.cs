@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using PeftSharp.Adapters;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -26,15 +25,9 @@ public sealed record BitFitConfig : AdapterConfig
     public override bool CanHold(Module module) =>
         module is Module<Tensor, Tensor> && module.named_parameters(recurse: false).Any(p => p.name == "bias") && module.named_parameters(recurse: false).Any(p => p.name == "weight");
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) =>
-        new BitFitAdapter(baseLayer.get_parameter("bias")!);
+    public override bool Merges => true;
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
-    {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        return json;
-    }
+    public override AdapterModule CreateAdapter(AdapterContext context) => new BitFitAdapter(context.BaseLayer.get_parameter("bias")!);
 
-    public static BitFitConfig FromPeftJson(JsonObject json, string file) => PeftJson.ReadCommon(new BitFitConfig(), json, file);
+    public override IReadOnlyList<string> FileTensorMarkers => [".bitfit_bias"];
 }

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -16,9 +17,12 @@ public sealed record IA3Config : AdapterConfig
 {
     /// <summary>PEFT <c>feedforward_modules</c>: the targets whose <em>input</em> is scaled (the FFN's second
     /// projection, so l_ff scales f(W_1 x)); must be among the targets. The others scale their output.</summary>
+    [JsonPropertyName("feedforward_modules"), JsonConverter(typeof(TargetModulesJsonConverter))]
+    [Option("feedforward", "feedforward_modules: comma-separated targets whose input is scaled (e.g. output.dense)")]
     public TargetModules? FeedforwardModules { get; init; }
 
     /// <summary>PEFT <c>init_ia3_weights</c>: start the vectors at 1 (identity); false draws them from N(0, 1) (tests).</summary>
+    [JsonPropertyName("init_ia3_weights")]
     public bool InitIa3Weights { get; init; } = true;
 
     public override string MethodName => "ia3";
@@ -32,31 +36,30 @@ public sealed record IA3Config : AdapterConfig
     /// <summary>Whether the target at <paramref name="path"/> scales its input (a feed-forward module).</summary>
     public bool IsFeedforward(string path) => FeedforwardModules is { } ff && !ff.IsAllLinear && TargetMatcher.IsTarget(ff, path);
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize)
+    public override bool Merges => true;
+
+    public override AdapterModule CreateAdapter(AdapterContext context)
     {
-        var weight = AdapterModule.BaseWeight(baseLayer);
-        return new IA3LinearAdapter(weight, IsFeedforward(path), initialize && !InitIa3Weights);
+        var weight = AdapterModule.BaseWeight(context.BaseLayer);
+        return new IA3LinearAdapter(weight, IsFeedforward(context.Path), context.Initialize && !InitIa3Weights);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    public override void Validate()
     {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        json["feedforward_modules"] = PeftJson.Targets(FeedforwardModules);
-        json["fan_in_fan_out"] = false;
-        json["init_ia3_weights"] = InitIa3Weights;
-        return json;
+        base.Validate();
+        if (LayersToTransform is not null || LayersPattern is not null)
+            throw new ArgumentException("PEFT's (IA)³ has no layers_to_transform / layers_pattern; choose the layers with a regex in target_modules.", nameof(LayersToTransform));
     }
 
-    public static IA3Config FromPeftJson(JsonObject json, string file)
-    {
-        if (PeftJson.GetOr(json, "fan_in_fan_out", false, file))
-            throw new AdapterConfigException($"{file}: fan_in_fan_out=true (GPT-2 Conv1D weights) is not supported; PeftSharp's Linear layers are (out, in).");
-        var config = new IA3Config
-        {
-            FeedforwardModules = PeftJson.ReadTargets(json, "feedforward_modules", file),
-            InitIa3Weights = PeftJson.GetOr(json, "init_ia3_weights", true, file),
-        };
-        return PeftJson.ReadCommon(config, json, file);
-    }
+    /// <summary>PEFT's <c>IA3Config</c> has no layer selection fields.</summary>
+    protected internal override IEnumerable<string> OmittedCommonFields => ["layers_to_transform", "layers_pattern"];
+
+    protected internal override void WriteFixedFields(JsonObject json) => json["fan_in_fan_out"] = false;
+
+    protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file) =>
+        json["fan_in_fan_out"] is JsonValue v && v.TryGetValue<bool>(out var fan) && fan
+            ? throw new AdapterConfigException($"{file}: fan_in_fan_out=true (GPT-2 Conv1D weights) is not supported; PeftSharp's Linear layers are (out, in).")
+            : this;
+
+    public override IReadOnlyList<string> FileTensorMarkers => [".ia3_l"];
 }

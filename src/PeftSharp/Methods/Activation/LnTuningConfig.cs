@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using PeftSharp.Adapters;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -22,15 +21,20 @@ public sealed record LnTuningConfig : AdapterConfig
 
     public override bool CanHold(Module module) => module is TorchSharp.Modules.LayerNorm { elementwise_affine: true };
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) =>
-        new LnTuningAdapter((TorchSharp.Modules.LayerNorm)baseLayer, path);
+    public override bool Merges => true;
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    public override AdapterModule CreateAdapter(AdapterContext context) =>
+        new LnTuningAdapter((TorchSharp.Modules.LayerNorm)context.BaseLayer, context.Path);
+
+    public override void Validate()
     {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        return json;
+        base.Validate();
+        if (LayersToTransform is not null || LayersPattern is not null)
+            throw new ArgumentException("PEFT's LN tuning has no layers_to_transform / layers_pattern; choose the layers with a regex in target_modules.", nameof(LayersToTransform));
     }
 
-    public static LnTuningConfig FromPeftJson(JsonObject json, string file) => PeftJson.ReadCommon(new LnTuningConfig(), json, file);
+    /// <summary>PEFT's <c>LNTuningConfig</c> has no layer selection fields.</summary>
+    protected internal override IEnumerable<string> OmittedCommonFields => ["layers_to_transform", "layers_pattern"];
+
+    public override IReadOnlyList<string> FileTensorMarkers => [".ln_tuning_layers."];
 }

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using static TorchSharp.torch.nn;
 
@@ -16,20 +17,16 @@ namespace PeftSharp.Methods.Activation;
 public sealed record PrefixTuningConfig : PromptLearningConfig
 {
     /// <summary>PEFT <c>prefix_projection</c>: reparameterise the prefix by an MLP during training.</summary>
+    [JsonPropertyName("prefix_projection"), Option("projection", "prefix_projection: reparameterise by an MLP")]
     public bool PrefixProjection { get; init; }
 
     /// <summary>PEFT <c>encoder_hidden_size</c>: the MLP's hidden width (null: token_dim).</summary>
+    [JsonPropertyName("encoder_hidden_size"), Option("hidden", "encoder_hidden_size of the MLP (default: the model width)", Min = 1, Max = 65536)]
     public int? EncoderHiddenSize { get; init; }
 
     public override string MethodName => "prefix-tuning";
 
     public override string PeftType => "PREFIX_TUNING";
-
-    public override void Validate()
-    {
-        base.Validate();
-        if (EncoderHiddenSize is < 1) throw new ArgumentOutOfRangeException(nameof(EncoderHiddenSize), EncoderHiddenSize, "encoder_hidden_size must be at least 1.");
-    }
 
     public override ModelAdapter? CreateModelAdapter(Module model, IReadOnlyList<string> targetPaths, bool initialize)
     {
@@ -38,18 +35,9 @@ public sealed record PrefixTuningConfig : PromptLearningConfig
         return new PrefixEncoder(this, host, projection: initialize && PrefixProjection);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    protected internal override void WriteFixedFields(JsonObject json)
     {
-        var json = PromptLearningJson();
-        json["prefix_projection"] = PrefixProjection;
+        base.WriteFixedFields(json);
         json["encoder_hidden_size"] = EncoderHiddenSize ?? TokenDim;
-        return json;
     }
-
-    public static PrefixTuningConfig FromPeftJson(JsonObject json, string file) =>
-        ReadPromptLearning(new PrefixTuningConfig
-        {
-            PrefixProjection = PeftJson.GetOr(json, "prefix_projection", false, file),
-            EncoderHiddenSize = json["encoder_hidden_size"] is null ? null : PeftJson.Get<int>(json["encoder_hidden_size"], file, "encoder_hidden_size"),
-        }, json, file);
 }

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using PeftSharp.Models;
 using static TorchSharp.torch.nn;
@@ -14,15 +15,19 @@ public abstract record PromptLearningConfig : AdapterConfig
     public const string FileKey = "prompt_embeddings";
 
     /// <summary>PEFT <c>num_virtual_tokens</c>: P.</summary>
+    [JsonPropertyName("num_virtual_tokens"), Option("tokens", "num_virtual_tokens: P", Min = 1, Max = 4096)]
     public int NumVirtualTokens { get; init; } = 20;
 
     /// <summary>PEFT <c>token_dim</c>: the model's hidden size (filled in from the model).</summary>
+    [JsonPropertyName("token_dim")]
     public int? TokenDim { get; init; }
 
     /// <summary>PEFT <c>num_layers</c> (filled in from the model).</summary>
+    [JsonPropertyName("num_layers")]
     public int? NumLayers { get; init; }
 
     /// <summary>PEFT <c>num_attention_heads</c> (filled in from the model).</summary>
+    [JsonPropertyName("num_attention_heads")]
     public int? NumAttentionHeads { get; init; }
 
     public override bool TargetsLayers => false;
@@ -31,15 +36,13 @@ public abstract record PromptLearningConfig : AdapterConfig
 
     public override bool CanHold(Module module) => false;
 
-    public override AdapterModule CreateAdapter(string path, Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor> baseLayer, bool initialize) =>
+    public override AdapterModule CreateAdapter(AdapterContext context) =>
         throw new InvalidOperationException($"{MethodName} adapts no layer; it works through the model's IPromptHost.");
 
     public override void Validate()
     {
-        if (NumVirtualTokens < 1) throw new ArgumentOutOfRangeException(nameof(NumVirtualTokens), NumVirtualTokens, "num_virtual_tokens must be at least 1, e.g. 20.");
+        base.Validate();
         if (TargetModules is not null) throw new ArgumentException($"{MethodName} adapts no layer; leave target_modules unset.", nameof(TargetModules));
-        if (ModulesToSave is { } save && save.Any(string.IsNullOrWhiteSpace))
-            throw new ArgumentException("modules_to_save holds module names such as \"classifier\"; an entry is empty.", nameof(ModulesToSave));
     }
 
     /// <summary>The model's prompt hooks; throws naming what the model lacks.</summary>
@@ -61,40 +64,15 @@ public abstract record PromptLearningConfig : AdapterConfig
         return this with { TokenDim = host.HiddenSize, NumLayers = host.NumLayers, NumAttentionHeads = host.NumAttentionHeads };
     }
 
-    /// <summary>PEFT's prompt-learning fields (no target fields: PEFT's prompt-learning configs have none).</summary>
-    protected JsonObject PromptLearningJson()
-    {
-        var json = new JsonObject
-        {
-            ["peft_type"] = PeftType,
-            ["task_type"] = TaskType,
-            ["base_model_name_or_path"] = BaseModelNameOrPath,
-            ["revision"] = null,
-            ["auto_mapping"] = null,
-            ["inference_mode"] = true,
-            ["peft_version"] = "0.20.0",
-            ["num_virtual_tokens"] = NumVirtualTokens,
-            ["token_dim"] = TokenDim,
-            ["num_transformer_submodules"] = 1,
-            ["num_attention_heads"] = NumAttentionHeads,
-            ["num_layers"] = NumLayers,
-            ["modules_to_save"] = ModulesToSave is null ? null : new JsonArray(ModulesToSave.Select(m => (JsonNode)m).ToArray()),
-        };
-        return json;
-    }
+    /// <summary>PEFT's prompt-learning configs have no target fields.</summary>
+    protected internal override IEnumerable<string> OmittedCommonFields => ["target_modules", "exclude_modules", "layers_to_transform", "layers_pattern"];
 
-    /// <summary>Reads the shared prompt-learning fields into <paramref name="config"/>.</summary>
-    protected static T ReadPromptLearning<T>(T config, JsonObject json, string file) where T : PromptLearningConfig
-    {
-        int submodules = PeftJson.GetOr(json, "num_transformer_submodules", 1, file);
-        if (submodules != 1)
-            throw new AdapterConfigException($"{file}: num_transformer_submodules={submodules} (an encoder-decoder) is not supported; PeftSharp's models have one transformer stack.");
-        return PeftJson.ReadCommon(config, json, file) with
-        {
-            NumVirtualTokens = PeftJson.GetOr(json, "num_virtual_tokens", 20, file),
-            TokenDim = json["token_dim"] is null ? null : PeftJson.Get<int>(json["token_dim"], file, "token_dim"),
-            NumLayers = json["num_layers"] is null ? null : PeftJson.Get<int>(json["num_layers"], file, "num_layers"),
-            NumAttentionHeads = json["num_attention_heads"] is null ? null : PeftJson.Get<int>(json["num_attention_heads"], file, "num_attention_heads"),
-        };
-    }
+    protected internal override void WriteFixedFields(JsonObject json) => json["num_transformer_submodules"] = 1;
+
+    protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file) =>
+        json["num_transformer_submodules"] is null || (json["num_transformer_submodules"] is JsonValue v && v.TryGetValue<int>(out var n) && n == 1) ? this
+            : throw new AdapterConfigException($"{file}: num_transformer_submodules={json["num_transformer_submodules"]!.ToJsonString()} (an encoder-decoder) is not supported; PeftSharp's models have one transformer stack.");
+
+    /// <summary>PEFT's one prompt-learning tensor has no module path.</summary>
+    public override IReadOnlyList<string> ModelLevelKeys => [FileKey];
 }

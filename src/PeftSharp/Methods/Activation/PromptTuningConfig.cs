@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using static TorchSharp.torch.nn;
 
@@ -8,13 +9,16 @@ namespace PeftSharp.Methods.Activation;
 public enum PromptTuningInit
 {
     /// <summary>"RANDOM": N(0, 1), as nn.Embedding starts (PEFT's default).</summary>
+    [JsonStringEnumMemberName("RANDOM")]
     Random,
 
     /// <summary>"SAMPLE_VOCAB": the embeddings of randomly drawn vocabulary tokens (Lester et al. 2021, §3).</summary>
+    [JsonStringEnumMemberName("SAMPLE_VOCAB")]
     SampleVocab,
 
     /// <summary>"TEXT": the embeddings of the tokens of a text (<see cref="PromptTuningConfig.InitTokenIds"/>),
     /// repeated to fill P.</summary>
+    [JsonStringEnumMemberName("TEXT")]
     Text,
 }
 
@@ -26,53 +30,36 @@ public enum PromptTuningInit
 /// </summary>
 public sealed record PromptTuningConfig : PromptLearningConfig
 {
+    [JsonPropertyName("prompt_tuning_init"), Option("init", "prompt_tuning_init: random | sample_vocab | text (text needs InitTokenIds: use the library)")]
     public PromptTuningInit PromptTuningInit { get; init; } = PromptTuningInit.Random;
 
     /// <summary>For <see cref="PromptTuningInit.Text"/>: the token ids whose embeddings start the prompt (tokenize
     /// <see cref="PromptTuningInitText"/> with the model's tokenizer, without special tokens).</summary>
+    [JsonIgnore]
     public IReadOnlyList<int>? InitTokenIds { get; init; }
 
     /// <summary>PEFT <c>prompt_tuning_init_text</c>, kept for the file.</summary>
+    [JsonPropertyName("prompt_tuning_init_text")]
     public string? PromptTuningInitText { get; init; }
 
     public override string MethodName => "prompt-tuning";
 
     public override string PeftType => "PROMPT_TUNING";
 
-    public override void Validate()
-    {
-        base.Validate();
-        if (PromptTuningInit == PromptTuningInit.Text && InitTokenIds is not { Count: > 0 })
-            throw new ArgumentException("prompt_tuning_init TEXT needs InitTokenIds: the ids of the init text's tokens (e.g. tokenizer.EncodeToIds(text) without [CLS]/[SEP]).", nameof(InitTokenIds));
-    }
-
     public override ModelAdapter? CreateModelAdapter(Module model, IReadOnlyList<string> targetPaths, bool initialize)
     {
+        // Only a new prompt needs the text's token ids; a loaded one takes the file's values.
+        if (initialize && PromptTuningInit == PromptTuningInit.Text && InitTokenIds is not { Count: > 0 })
+            throw new ArgumentException("prompt_tuning_init TEXT needs InitTokenIds: the ids of the init text's tokens (e.g. tokenizer.EncodeToIds(text) without [CLS]/[SEP]).", nameof(InitTokenIds));
         var host = HostOf(model);
         WithSizesOf(host);
         return new PromptEmbedding(this, host, initialize);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    protected internal override void WriteFixedFields(JsonObject json)
     {
-        var json = PromptLearningJson();
-        json["prompt_tuning_init"] = PromptTuningInit switch
-        {
-            PromptTuningInit.SampleVocab => "SAMPLE_VOCAB",
-            PromptTuningInit.Text => "TEXT",
-            _ => "RANDOM",
-        };
-        json["prompt_tuning_init_text"] = PromptTuningInitText;
+        base.WriteFixedFields(json);
         json["tokenizer_name_or_path"] = null;
         json["tokenizer_kwargs"] = null;
-        return json;
     }
-
-    public static PromptTuningConfig FromPeftJson(JsonObject json, string file) =>
-        ReadPromptLearning(new PromptTuningConfig
-        {
-            // The init only matters when training starts; a loaded prompt takes the file's values.
-            PromptTuningInit = PromptTuningInit.Random,
-            PromptTuningInitText = json["prompt_tuning_init_text"] is null ? null : PeftJson.Get<string>(json["prompt_tuning_init_text"], file, "prompt_tuning_init_text"),
-        }, json, file);
 }

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using PeftSharp.Methods.Bottleneck;
 using static TorchSharp.torch;
@@ -11,15 +12,19 @@ namespace PeftSharp.Methods.Activation;
 public enum ScaLearnKind
 {
     /// <summary>ScaLearn: λ_l^k ∈ R^d for every layer l and source k.</summary>
+    [JsonStringEnumMemberName("vector")]
     Vector,
 
     /// <summary>ScaLearnUniform: one scalar λ_l^k per layer and source.</summary>
+    [JsonStringEnumMemberName("scalar")]
     Scalar,
 
     /// <summary>ScaLearn++: λ^k ∈ R^d shared by all layers.</summary>
+    [JsonStringEnumMemberName("vector_shared")]
     SharedVector,
 
     /// <summary>ScaLearnUniform++: one scalar λ^k per source shared by all layers.</summary>
+    [JsonStringEnumMemberName("scalar_shared")]
     SharedScalar,
 }
 
@@ -33,11 +38,15 @@ public enum ScaLearnKind
 /// </summary>
 public sealed record ScaLearnConfig : AdapterConfig
 {
+    /// <summary>The names of the frozen adapters composed (this library's <c>source_adapters</c>).</summary>
+    [JsonPropertyName("source_adapters"), Option("sources", "source_adapters: comma-separated names of the frozen adapters to compose")]
     public IReadOnlyList<string> SourceAdapters { get; init; } = [];
 
+    [JsonPropertyName("scalearn_kind"), Option("kind", "scalearn_kind: vector | scalar | vector_shared | scalar_shared")]
     public ScaLearnKind Kind { get; init; } = ScaLearnKind.Vector;
 
     /// <summary>The start value of every scale; null for 1/K.</summary>
+    [JsonPropertyName("init_scale"), Option("init", "init_scale: the start value of every scale (default 1/K)", Min = -1e6, Max = 1e6)]
     public double? InitialScale { get; init; }
 
     public override string MethodName => "scalearn";
@@ -66,44 +75,16 @@ public sealed record ScaLearnConfig : AdapterConfig
         return IsShared ? new ScaLearnScales(SourceAdapters.Count, IsVector ? width : 1, InitialScale ?? 1.0 / SourceAdapters.Count, model) : null;
     }
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) => CreateAdapter(path, baseLayer, initialize, null);
-
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize, ModelAdapter? modelAdapter)
+    public override AdapterModule CreateAdapter(AdapterContext context)
     {
-        long width = Bottleneck.Activations.Widths(baseLayer, path).Out;
-        var reference = baseLayer.parameters().First();
-        return new ScaLearnAdapter(SourceAdapters, IsVector ? width : 1, InitialScale ?? 1.0 / SourceAdapters.Count, modelAdapter as ScaLearnScales, reference.dtype, reference.device);
+        long width = Bottleneck.Activations.Widths(context.BaseLayer, context.Path).Out;
+        var reference = context.BaseLayer.parameters().First();
+        return new ScaLearnAdapter(SourceAdapters, IsVector ? width : 1, InitialScale ?? 1.0 / SourceAdapters.Count, context.ModelAdapter as ScaLearnScales, reference.dtype, reference.device);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
-    {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        json["source_adapters"] = new JsonArray(SourceAdapters.Select(s => (JsonNode)s).ToArray());
-        json["scalearn_kind"] = Kind switch
-        {
-            ScaLearnKind.Scalar => "scalar",
-            ScaLearnKind.SharedVector => "vector_shared",
-            ScaLearnKind.SharedScalar => "scalar_shared",
-            _ => "vector",
-        };
-        json["init_scale"] = InitialScale;
-        return json;
-    }
+    public override IReadOnlyList<string> FileTensorMarkers => [".scalearn_"];
 
-    public static ScaLearnConfig FromPeftJson(JsonObject json, string file) => PeftJson.ReadCommon(new ScaLearnConfig
-    {
-        SourceAdapters = CompositionChecks.ReadSources(json, file),
-        Kind = PeftJson.GetOr(json, "scalearn_kind", "vector", file) switch
-        {
-            "vector" => ScaLearnKind.Vector,
-            "scalar" => ScaLearnKind.Scalar,
-            "vector_shared" => ScaLearnKind.SharedVector,
-            "scalar_shared" => ScaLearnKind.SharedScalar,
-            var other => throw new AdapterConfigException($"{file}: scalearn_kind must be vector, scalar, vector_shared or scalar_shared, not '{other}'."),
-        },
-        InitialScale = json["init_scale"] is null ? null : PeftJson.Get<double>(json["init_scale"], file, "init_scale"),
-    }, json, file);
+    protected internal override string? DefaultText(string option) => option == "init" ? "1/K" : null;
 }
 
 /// <summary>Checks shared by the adapters that compose source adapters (ScaLearn, AdapterFusion).</summary>
@@ -131,8 +112,4 @@ internal static class CompositionChecks
         }
         return width ?? 0;
     }
-
-    public static IReadOnlyList<string> ReadSources(JsonObject json, string file) => json["source_adapters"] is JsonArray a
-        ? a.Select(n => PeftJson.Get<string>(n, file, "source_adapters")).ToArray()
-        : throw new AdapterConfigException($"{file}: source_adapters (the names of the adapters composed) is missing.");
 }

@@ -1,5 +1,7 @@
 using System.Globalization;
+using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -25,13 +27,34 @@ public enum BottleneckScaling
 public enum ResidualSource
 {
     /// <summary><c>true</c>: the projection's output, before the sublayer's residual and LayerNorm.</summary>
+    [JsonStringEnumMemberName("before")]
     BeforeLayerNorm,
 
     /// <summary><c>false</c>: the LayerNorm's output (what the adapter itself sees).</summary>
+    [JsonStringEnumMemberName("after")]
     AfterLayerNorm,
 
     /// <summary><c>"post_add"</c>: projection + sublayer residual, before the LayerNorm.</summary>
+    [JsonStringEnumMemberName("post_add")]
     PostAdd,
+}
+
+/// <summary>AdapterHub's <c>residual_before_ln</c>: <c>true</c>, <c>false</c> or <c>"post_add"</c>.</summary>
+public sealed class ResidualSourceJsonConverter : JsonConverter<ResidualSource>
+{
+    public override ResidualSource Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.True => ResidualSource.BeforeLayerNorm,
+        JsonTokenType.False => ResidualSource.AfterLayerNorm,
+        JsonTokenType.String when reader.GetString() == "post_add" => ResidualSource.PostAdd,
+        _ => throw new JsonException("true, false or \"post_add\""),
+    };
+
+    public override void Write(Utf8JsonWriter writer, ResidualSource value, JsonSerializerOptions options)
+    {
+        if (value == ResidualSource.PostAdd) writer.WriteStringValue("post_add");
+        else writer.WriteBooleanValue(value == ResidualSource.BeforeLayerNorm);
+    }
 }
 
 /// <summary>What a parallel adapter reads.</summary>
@@ -40,9 +63,11 @@ public enum ParallelInput
     /// <summary>The input of the residual sublayer the target projects for (He et al. 2022: the FFN's or attention's
     /// input), given by the model's <see cref="SublayerContext"/> (BERT's <c>output.dense</c> and
     /// <c>attention.output.dense</c>). Width: the target's output width.</summary>
+    [JsonStringEnumMemberName("sublayer")]
     SublayerInput,
 
     /// <summary>The target module's own input (LLM-Adapters' parallel adapter on a Linear). Width: its input width.</summary>
+    [JsonStringEnumMemberName("layer")]
     LayerInput,
 }
 
@@ -72,70 +97,117 @@ public sealed record BottleneckConfig : AdapterConfig
     public static readonly TargetModules HoulsbyTargets = TargetModules.Regex(@".*layer\.\d+\.(attention\.)?output\.dense");
 
     /// <summary>AdapterHub <c>reduction_factor</c>: bottleneck = width / reduction factor (unless <see cref="BottleneckSize"/>).</summary>
+    [JsonPropertyName("reduction_factor"), Option("reduction", "reduction_factor: bottleneck = width / reduction", Min = 0, MinExclusive = true, Max = 1e6)]
     public double ReductionFactor { get; init; } = 16;
 
     /// <summary>The bottleneck width itself; overrides <see cref="ReductionFactor"/>.</summary>
+    [JsonPropertyName("bottleneck_size"), Option("size", "bottleneck_size: the bottleneck width (overrides reduction)", Min = 1, Max = 65536)]
     public int? BottleneckSize { get; init; }
 
     /// <summary>AdapterHub <c>non_linearity</c>: relu, gelu, swish/silu, tanh, leakyrelu, identity.</summary>
+    [JsonPropertyName("non_linearity"), Option("activation", "non_linearity: relu | gelu | swish | tanh | leakyrelu | identity")]
     public string NonLinearity { get; init; } = "relu";
 
     /// <summary>AdapterHub <c>is_parallel</c>: add a branch from the sublayer input instead of transforming the output.</summary>
+    [JsonPropertyName("is_parallel")]
     public bool IsParallel { get; init; }
 
     /// <summary>What a parallel adapter reads (see <see cref="Bottleneck.ParallelInput"/>).</summary>
+    [JsonPropertyName("parallel_input"), Option("parallel-input", "what a parallel adapter reads: sublayer | layer")]
     public ParallelInput ParallelInput { get; init; } = ParallelInput.SublayerInput;
 
     /// <summary>AdapterHub <c>scaling</c>: the factor s (its start value when learned).</summary>
+    [JsonIgnore]
     public double Scaling { get; init; } = 1.0;
 
+    /// <summary>Fixed, learned or per channel (AdapterHub writes it into <c>scaling</c>, see <see cref="ScalingOption"/>).</summary>
+    [JsonIgnore]
     public BottleneckScaling ScalingMode { get; init; } = BottleneckScaling.Fixed;
 
+    /// <summary>AdapterHub's <c>scaling</c> as one value: a number (fixed), "learned" or "channel" (which start at
+    /// <see cref="Scaling"/>); sets <see cref="Scaling"/> and <see cref="ScalingMode"/>.</summary>
+    [JsonIgnore, Option("scaling", "scaling: a number, learned (one scalar) or channel (one per output)")]
+    public string ScalingOption
+    {
+        get => ScalingMode switch
+        {
+            BottleneckScaling.Learned => "learned",
+            BottleneckScaling.Channel => "channel",
+            _ => Scaling.ToString(CultureInfo.InvariantCulture),
+        };
+        init
+        {
+            switch (value)
+            {
+                case "learned": ScalingMode = BottleneckScaling.Learned; break;
+                case "channel": ScalingMode = BottleneckScaling.Channel; break;
+                default:
+                    Scaling = double.Parse(value, NumberStyles.Float, CultureInfo.InvariantCulture);
+                    ScalingMode = BottleneckScaling.Fixed;
+                    break;
+            }
+        }
+    }
+
     /// <summary>AdapterHub <c>ln_before</c>: a new LayerNorm on the adapter's input.</summary>
+    [JsonPropertyName("ln_before"), Option("ln-before", "ln_before: a new LayerNorm on the adapter input")]
     public bool LnBefore { get; init; }
 
     /// <summary>AdapterHub <c>ln_after</c>: a new LayerNorm on the adapter's output.</summary>
+    [JsonPropertyName("ln_after"), Option("ln-after", "ln_after: a new LayerNorm on the adapter output")]
     public bool LnAfter { get; init; }
 
     /// <summary>AdapterHub <c>adapter_residual_before_ln</c>: add the residual before <see cref="LnAfter"/>'s LayerNorm
     /// (else after it).</summary>
+    [JsonPropertyName("adapter_residual_before_ln")]
     public bool AdapterResidualBeforeLn { get; init; }
 
     /// <summary>AdapterHub <c>original_ln_before</c>: the adapter sees LN(projection + sublayer residual), the
     /// sublayer's own residual and LayerNorm (Pfeiffer's configuration); needs the model's <see cref="SublayerContext"/>.
     /// The model applies its residual and LayerNorm again after the adapter (AdapterHub <c>original_ln_after</c>,
     /// always true here).</summary>
+    [JsonPropertyName("original_ln_before"), Option("original-ln-before", "original_ln_before: the adapter sees LN(projection + residual) (BERT projections)")]
     public bool OriginalLnBefore { get; init; }
 
     /// <summary>AdapterHub <c>residual_before_ln</c>: where the adapter's residual comes from.</summary>
+    [JsonPropertyName("residual_before_ln"), JsonConverter(typeof(ResidualSourceJsonConverter)), Option("residual", "residual_before_ln: before | after | post_add")]
     public ResidualSource ResidualBeforeLn { get; init; } = ResidualSource.BeforeLayerNorm;
 
     /// <summary>AdapterHub <c>dropout</c> on the adapter's output, in training mode.</summary>
+    [JsonPropertyName("dropout"), Option("dropout", "dropout on the adapter output", Min = 0, Max = 1, MaxExclusive = true)]
     public double Dropout { get; init; }
 
     /// <summary>AdapterHub <c>init_weights</c>: "mam_adapter" (W_down Kaiming-uniform, W_up = 0: the identity at init,
     /// He et al.'s choice; the default here), "bert" (both N(0, 0.02)) or "houlsby" (both truncated N(0, 0.01)).</summary>
+    [JsonPropertyName("init_weights"), Option("init", "init_weights: mam_adapter (identity at init) | bert | houlsby")]
     public string InitWeights { get; init; } = "mam_adapter";
 
     /// <summary>A depthwise convolution of this kernel size over the sequence inside the bottleneck (odd; null: none).</summary>
+    [JsonPropertyName("conv_kernel_size"), Option("kernel", "conv_kernel_size: a depthwise convolution over the sequence (odd)", Min = 1, Max = 1025)]
     public int? ConvKernelSize { get; init; }
 
     /// <summary>AdapterHub <c>phm_layer</c>: Compacter's PHM projections.</summary>
+    [JsonPropertyName("phm_layer")]
     public bool PhmLayer { get; init; }
 
     /// <summary>AdapterHub <c>phm_dim</c>: n, the number of Kronecker terms (widths must divide by it).</summary>
+    [JsonPropertyName("phm_dim"), Option("phm-dim", "phm_dim: n Kronecker terms (Compacter)", Min = 1, Max = 64)]
     public int PhmDim { get; init; } = 4;
 
     /// <summary>AdapterHub <c>phm_rank</c>: the rank of each B_i = s_i t_iᵀ (1 in Compacter).</summary>
+    [JsonPropertyName("phm_rank"), Option("phm-rank", "phm_rank: rank of each B_i (Compacter)", Min = 1, Max = 4096)]
     public int PhmRank { get; init; } = 1;
 
     /// <summary>AdapterHub <c>shared_phm_rule</c>: one set of A_i for every PHM layer of the adapter (Compacter).</summary>
+    [JsonPropertyName("shared_phm_rule")]
     public bool SharedPhmRule { get; init; } = true;
 
     /// <summary>AdapterHub <c>phm_init_range</c>: the standard deviation of the A_i at init.</summary>
+    [JsonPropertyName("phm_init_range")]
     public double PhmInitRange { get; init; } = 1e-4;
 
     /// <summary>AdapterHub <c>phm_bias</c>: PHM layers have a bias.</summary>
+    [JsonPropertyName("phm_bias")]
     public bool PhmBias { get; init; } = true;
 
     public override string MethodName => PhmLayer ? "compacter" : ConvKernelSize is not null ? "conv-adapter" : IsParallel ? "parallel-adapter" : "bottleneck";
@@ -187,8 +259,8 @@ public sealed record BottleneckConfig : AdapterConfig
     public override void Validate()
     {
         base.Validate();
-        if (BottleneckSize is < 1) throw new ArgumentOutOfRangeException(nameof(BottleneckSize), BottleneckSize, "bottleneck size must be at least 1.");
-        if (!(ReductionFactor > 0)) throw new ArgumentOutOfRangeException(nameof(ReductionFactor), ReductionFactor, "reduction_factor must be positive, e.g. 16.");
+        if (!double.IsFinite(Scaling)) throw new ArgumentOutOfRangeException(nameof(Scaling), Scaling, "scaling must be a finite number, e.g. 1 or 4.");
+        if (!double.IsFinite(PhmInitRange) || PhmInitRange < 0) throw new ArgumentOutOfRangeException(nameof(PhmInitRange), PhmInitRange, "phm_init_range is a standard deviation: 0 or more, e.g. 1e-4.");
         Activations.Validate(NonLinearity, nameof(NonLinearity));
         if (Dropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(Dropout), Dropout, "dropout is a probability in [0, 1).");
         if (InitWeights is not ("mam_adapter" or "bert" or "houlsby"))
@@ -208,11 +280,9 @@ public sealed record BottleneckConfig : AdapterConfig
 
     static Device DeviceOf(Module model) => model.parameters().FirstOrDefault()?.device ?? CPU;
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) =>
-        CreateAdapter(path, baseLayer, initialize, null);
-
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize, ModelAdapter? modelAdapter)
+    public override AdapterModule CreateAdapter(AdapterContext context)
     {
+        var (path, baseLayer) = (context.Path, context.BaseLayer);
         var (inWidth, outWidth) = Activations.Widths(baseLayer, path);
         long input = IsParallel && ParallelInput == ParallelInput.LayerInput ? inWidth : outWidth;
         int bottleneck = BottleneckAt(outWidth);
@@ -222,104 +292,54 @@ public sealed record BottleneckConfig : AdapterConfig
                     throw new ArgumentOutOfRangeException(nameof(PhmDim), PhmDim,
                         $"'{path}': the adapter's {what} width {width} does not divide by phm_dim {PhmDim}; choose a phm_dim that divides {input}, {outWidth} and {bottleneck} (or set BottleneckSize).");
         var reference = baseLayer.parameters().First();
-        return new BottleneckAdapter(this, path, input, outWidth, bottleneck, modelAdapter as PhmRule, reference.dtype, reference.device);
+        return new BottleneckAdapter(this, path, input, outWidth, bottleneck, context.ModelAdapter as PhmRule, reference.dtype, reference.device);
     }
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    /// <summary>AdapterHub writes the variant's name, the scaling as a number or a word (with its start value), and two
+    /// options this library always has on.</summary>
+    protected internal override void WriteFixedFields(JsonObject json)
     {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
         json["method"] = MethodName;
-        json["reduction_factor"] = ReductionFactor;
-        json["bottleneck_size"] = BottleneckSize;
-        json["non_linearity"] = NonLinearity;
-        json["is_parallel"] = IsParallel;
-        json["parallel_input"] = ParallelInput == ParallelInput.SublayerInput ? "sublayer" : "layer";
-        json["scaling"] = ScalingMode switch
-        {
-            BottleneckScaling.Learned => "learned",
-            BottleneckScaling.Channel => "channel",
-            _ => JsonValue.Create(Scaling),
-        };
-        json["scaling_init"] = Scaling;
-        json["ln_before"] = LnBefore;
-        json["ln_after"] = LnAfter;
-        json["adapter_residual_before_ln"] = AdapterResidualBeforeLn;
-        json["original_ln_before"] = OriginalLnBefore;
+        json["scaling"] = ScalingMode == BottleneckScaling.Fixed ? ConfigJson.Float(Scaling) : ScalingOption;
+        json["scaling_init"] = ConfigJson.Float(Scaling);
         json["original_ln_after"] = true;
-        json["residual_before_ln"] = ResidualBeforeLn switch
-        {
-            ResidualSource.BeforeLayerNorm => true,
-            ResidualSource.AfterLayerNorm => false,
-            _ => "post_add",
-        };
-        json["dropout"] = Dropout;
-        json["init_weights"] = InitWeights;
-        json["conv_kernel_size"] = ConvKernelSize;
-        json["phm_layer"] = PhmLayer;
-        json["phm_dim"] = PhmDim;
-        json["phm_rank"] = PhmRank;
-        json["shared_phm_rule"] = SharedPhmRule;
         json["factorized_phm_W"] = true;
-        json["phm_init_range"] = PhmInitRange;
-        json["phm_bias"] = PhmBias;
-        return json;
     }
 
-    public static BottleneckConfig FromPeftJson(JsonObject json, string file)
+    protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file)
     {
-        if (!PeftJson.GetOr(json, "original_ln_after", true, file))
+        bool Flag(string field) => json[field] is not JsonValue v || !v.TryGetValue<bool>(out var b) || b;
+        if (!Flag("original_ln_after"))
             throw new AdapterConfigException($"{file}: original_ln_after=false is not supported: the model always applies its own residual and LayerNorm after the adapter.");
-        if (!PeftJson.GetOr(json, "factorized_phm_W", true, file))
+        if (!Flag("factorized_phm_W"))
             throw new AdapterConfigException($"{file}: factorized_phm_W=false is not supported: PHM layers here factorise B_i = s_i t_iᵀ (phm_rank).");
-        var (scaling, mode) = json["scaling"] switch
+        double Number(string field, double fallback) => json[field] switch
         {
-            null => (1.0, BottleneckScaling.Fixed),
-            JsonValue v when v.TryGetValue<string>(out var s) => s switch
+            null => fallback,
+            JsonValue v when v.TryGetValue<double>(out var d) && double.IsFinite(d) => d,
+            var other => throw new AdapterConfigException($"{file}: field '{field}' should be a number but is {other.ToJsonString()}."),
+        };
+        return json["scaling"] switch
+        {
+            null => this,
+            JsonValue v when v.TryGetValue<string>(out var word) => word switch
             {
-                "learned" => (PeftJson.GetOr(json, "scaling_init", 1.0, file), BottleneckScaling.Learned),
-                "channel" => (PeftJson.GetOr(json, "scaling_init", 1.0, file), BottleneckScaling.Channel),
-                _ => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? (d, BottleneckScaling.Fixed)
-                    : throw new AdapterConfigException($"{file}: scaling should be a number, \"learned\" or \"channel\", not \"{s}\"."),
+                "learned" => this with { ScalingMode = BottleneckScaling.Learned, Scaling = Number("scaling_init", 1.0) },
+                "channel" => this with { ScalingMode = BottleneckScaling.Channel, Scaling = Number("scaling_init", 1.0) },
+                _ => double.TryParse(word, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d) ? this with { Scaling = d, ScalingMode = BottleneckScaling.Fixed }
+                    : throw new AdapterConfigException($"{file}: scaling should be a number, \"learned\" or \"channel\", not \"{word}\"."),
             },
-            var v => (PeftJson.Get<double>(v, file, "scaling"), BottleneckScaling.Fixed),
+            _ => this with { Scaling = Number("scaling", 1.0), ScalingMode = BottleneckScaling.Fixed },
         };
-        var residual = json["residual_before_ln"] switch
-        {
-            null => ResidualSource.BeforeLayerNorm,
-            JsonValue v when v.TryGetValue<bool>(out var b) => b ? ResidualSource.BeforeLayerNorm : ResidualSource.AfterLayerNorm,
-            JsonValue v when v.TryGetValue<string>(out var s) && s == "post_add" => ResidualSource.PostAdd,
-            var other => throw new AdapterConfigException($"{file}: residual_before_ln should be true, false or \"post_add\", not {other.ToJsonString()}."),
-        };
-        var config = new BottleneckConfig
-        {
-            ReductionFactor = PeftJson.GetOr(json, "reduction_factor", 16.0, file),
-            BottleneckSize = json["bottleneck_size"] is null ? null : PeftJson.Get<int>(json["bottleneck_size"], file, "bottleneck_size"),
-            NonLinearity = PeftJson.GetOr(json, "non_linearity", "relu", file),
-            IsParallel = PeftJson.GetOr(json, "is_parallel", false, file),
-            ParallelInput = PeftJson.GetOr(json, "parallel_input", "sublayer", file) switch
-            {
-                "sublayer" => ParallelInput.SublayerInput,
-                "layer" => ParallelInput.LayerInput,
-                var other => throw new AdapterConfigException($"{file}: parallel_input should be \"sublayer\" or \"layer\", not \"{other}\"."),
-            },
-            Scaling = scaling,
-            ScalingMode = mode,
-            LnBefore = PeftJson.GetOr(json, "ln_before", false, file),
-            LnAfter = PeftJson.GetOr(json, "ln_after", false, file),
-            AdapterResidualBeforeLn = PeftJson.GetOr(json, "adapter_residual_before_ln", false, file),
-            OriginalLnBefore = PeftJson.GetOr(json, "original_ln_before", false, file),
-            ResidualBeforeLn = residual,
-            Dropout = PeftJson.GetOr(json, "dropout", 0.0, file),
-            InitWeights = PeftJson.GetOr(json, "init_weights", "mam_adapter", file),
-            ConvKernelSize = json["conv_kernel_size"] is null ? null : PeftJson.Get<int>(json["conv_kernel_size"], file, "conv_kernel_size"),
-            PhmLayer = PeftJson.GetOr(json, "phm_layer", false, file),
-            PhmDim = PeftJson.GetOr(json, "phm_dim", 4, file),
-            PhmRank = PeftJson.GetOr(json, "phm_rank", 1, file),
-            SharedPhmRule = PeftJson.GetOr(json, "shared_phm_rule", true, file),
-            PhmInitRange = PeftJson.GetOr(json, "phm_init_range", 1e-4, file),
-            PhmBias = PeftJson.GetOr(json, "phm_bias", true, file),
-        };
-        return PeftJson.ReadCommon(config, json, file);
     }
+
+    public override IReadOnlyList<string> FileTensorMarkers => [".adapter_"];
+
+    protected internal override IReadOnlyList<string> Choices(string option) => option switch
+    {
+        "activation" => Activations.Names,
+        "init" => ["mam_adapter", "bert", "houlsby"],
+        "scaling" => ["learned", "channel", "1", "4"],
+        _ => [],
+    };
 }

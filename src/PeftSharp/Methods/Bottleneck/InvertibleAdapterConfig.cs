@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -19,12 +20,16 @@ namespace PeftSharp.Methods.Bottleneck;
 public sealed record InvertibleAdapterConfig : AdapterConfig
 {
     /// <summary>The targets whose input is mapped back through the inverse (the tied output head); must be targets.</summary>
+    [JsonPropertyName("inverse_modules"), JsonConverter(typeof(TargetModulesJsonConverter))]
+    [Option("inverse", "inverse_modules: comma-separated targets (the tied output head) whose input goes through the inverse")]
     public TargetModules? InverseModules { get; init; }
 
     /// <summary>AdapterHub <c>inv_adapter_reduction_factor</c>: F and G are (d/2 → d/2/r → d/2).</summary>
+    [JsonPropertyName("inv_adapter_reduction_factor"), Option("reduction", "inv_adapter_reduction_factor: F and G are d/2 → d/2/reduction → d/2", Min = 0, MinExclusive = true, Max = 1e6)]
     public double ReductionFactor { get; init; } = 2;
 
     /// <summary>AdapterHub <c>non_linearity</c> of F and G.</summary>
+    [JsonPropertyName("non_linearity"), Option("activation", "non_linearity of F and G")]
     public string NonLinearity { get; init; } = "relu";
 
     public override string MethodName => "invertible";
@@ -40,7 +45,6 @@ public sealed record InvertibleAdapterConfig : AdapterConfig
     public override void Validate()
     {
         base.Validate();
-        if (!(ReductionFactor > 0)) throw new ArgumentOutOfRangeException(nameof(ReductionFactor), ReductionFactor, "The reduction factor must be positive, e.g. 2.");
         Activations.Validate(NonLinearity, nameof(NonLinearity));
     }
 
@@ -62,33 +66,19 @@ public sealed record InvertibleAdapterConfig : AdapterConfig
         return new NiceCoupling(width, ReductionFactor, NonLinearity, reference.dtype, reference.device);
     }
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize) =>
-        throw new InvalidOperationException("The invertible adapter's layers need its coupling: create them through PeftModel.");
+    public override AdapterModule CreateAdapter(AdapterContext context) =>
+        new InvertibleAdapter(context.ModelAdapter as NiceCoupling
+                              ?? throw new InvalidOperationException("The invertible adapter's layers need its coupling: create them through PeftModel."), IsInverse(context.Path));
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize, ModelAdapter? modelAdapter) =>
-        new InvertibleAdapter((NiceCoupling)modelAdapter!, IsInverse(path));
+    protected internal override void WriteFixedFields(JsonObject json) => json["inv_adapter"] = "nice";
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
-    {
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        json["inverse_modules"] = PeftJson.Targets(InverseModules);
-        json["inv_adapter"] = "nice";
-        json["inv_adapter_reduction_factor"] = ReductionFactor;
-        json["non_linearity"] = NonLinearity;
-        return json;
-    }
+    protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file) =>
+        json["inv_adapter"] is null || (json["inv_adapter"] is JsonValue v && v.TryGetValue<string>(out var block) && block == "nice") ? this
+            : throw new AdapterConfigException($"{file}: inv_adapter {json["inv_adapter"]!.ToJsonString()} is not supported; PeftSharp has the NICE coupling (\"nice\").");
 
-    public static InvertibleAdapterConfig FromPeftJson(JsonObject json, string file)
-    {
-        var block = PeftJson.GetOr(json, "inv_adapter", "nice", file);
-        if (block != "nice") throw new AdapterConfigException($"{file}: inv_adapter '{block}' is not supported; PeftSharp has the NICE coupling (\"nice\").");
-        var config = new InvertibleAdapterConfig
-        {
-            InverseModules = PeftJson.ReadTargets(json, "inverse_modules", file),
-            ReductionFactor = PeftJson.GetOr(json, "inv_adapter_reduction_factor", 2.0, file),
-            NonLinearity = PeftJson.GetOr(json, "non_linearity", "relu", file),
-        };
-        return PeftJson.ReadCommon(config, json, file);
-    }
+    /// <summary>The coupling's tensors have no module path (<c>invertible_adapter.F_down.weight</c>, ...); the per-layer
+    /// wrappers hold none.</summary>
+    public override IReadOnlyList<string> FileTensorMarkers => [];
+
+    protected internal override IReadOnlyList<string> Choices(string option) => option == "activation" ? Activations.Names : [];
 }

@@ -1,4 +1,6 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -7,6 +9,7 @@ using static TorchSharp.torch.nn;
 namespace PeftSharp.Methods.LowRank;
 
 /// <summary>How LoRA's A and B start (PEFT <c>init_lora_weights</c>).</summary>
+[JsonConverter(typeof(LoraInitJsonConverter))]
 public sealed record LoraInit
 {
     LoraInit(string name) => Name = name;
@@ -56,6 +59,20 @@ public sealed record LoraInit
     public override string ToString() => Name;
 }
 
+/// <summary>PEFT's <c>init_lora_weights</c>: <c>true</c>, <c>false</c> or a name such as <c>"pissa"</c>.</summary>
+public sealed class LoraInitJsonConverter : JsonConverter<LoraInit>
+{
+    public override LoraInit Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.True => LoraInit.Default,
+        JsonTokenType.False => LoraInit.Random,
+        JsonTokenType.String when reader.GetString() is { Length: > 0 } name => LoraInit.Parse(name),
+        _ => throw new JsonException("true, false or a name such as \"pissa\""),
+    };
+
+    public override void Write(Utf8JsonWriter writer, LoraInit value, JsonSerializerOptions options) => value.ToJson().WriteTo(writer);
+}
+
 /// <summary>
 /// LoRA (Hu et al. 2021): y = W x + s·B A x with A ∈ R^{r×in}, B ∈ R^{out×r}, s = alpha / r (rsLoRA: alpha / √r),
 /// plus DoRA (Liu et al. 2024, <see cref="UseDora"/>) and the PiSSA / OLoRA initialisations. Field names and
@@ -64,44 +81,74 @@ public sealed record LoraInit
 public sealed record LoraConfig : AdapterConfig
 {
     /// <summary>PEFT <c>r</c>: the rank of the update.</summary>
+    [JsonPropertyName("r"), Option("rank", "r: the rank of B A", Min = 1, Max = 65536)]
     public int R { get; init; } = 8;
 
     /// <summary>PEFT <c>lora_alpha</c>: the scale numerator.</summary>
+    [JsonPropertyName("lora_alpha"), Option("alpha", "lora_alpha: scale s = alpha / r")]
     public double LoraAlpha { get; init; } = 8;
 
     /// <summary>PEFT <c>lora_dropout</c>: dropout on the adapter's input during training.</summary>
+    [JsonPropertyName("lora_dropout"), Option("dropout", "lora_dropout on the adapter input", Min = 0, Max = 1, MaxExclusive = true)]
     public double LoraDropout { get; init; }
 
     /// <summary>PEFT <c>use_rslora</c>: scale by alpha / √r (Kalajdzievski 2023), which keeps learning stable as r grows.</summary>
+    [JsonPropertyName("use_rslora"), Option("rslora", "use_rslora: s = alpha / sqrt(r)")]
     public bool UseRslora { get; init; }
 
     /// <summary>PEFT <c>use_dora</c>: weight-decomposed LoRA, W' = m · (W + s B A) / ‖W + s B A‖ (row norms).</summary>
+    [JsonPropertyName("use_dora")]
     public bool UseDora { get; init; }
 
     /// <summary>PEFT <c>init_lora_weights</c>.</summary>
+    [JsonPropertyName("init_lora_weights"), Option("init", "init_lora_weights: true | false | gaussian | pissa | pissa_niter_N | olora")]
     public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
 
     /// <summary>PEFT <c>bias</c>: "none", "all" (every bias of the model trains and is saved) or "lora_only"
     /// (the biases of the adapted layers).</summary>
+    [JsonPropertyName("bias"), Option("bias", "none | all | lora_only: which biases train")]
     public string Bias { get; init; } = "none";
 
     /// <summary>PEFT <c>lora_bias</c>: give B a bias (zero at init).</summary>
+    [JsonPropertyName("lora_bias")]
     public bool LoraBias { get; init; }
 
     /// <summary>PEFT <c>rank_pattern</c>: per-module ranks, keyed by module name or regex.</summary>
+    [JsonPropertyName("rank_pattern")]
     public IReadOnlyDictionary<string, int>? RankPattern { get; init; }
 
     /// <summary>PEFT <c>alpha_pattern</c>: per-module alphas, keyed by module name or regex.</summary>
+    [JsonPropertyName("alpha_pattern")]
     public IReadOnlyDictionary<string, double>? AlphaPattern { get; init; }
 
     public override string MethodName => UseDora ? "dora" : "lora";
 
     public override string PeftType => "LORA";
 
-    public override string SupportedLayerTypes => UseDora || InitLoraWeights.ChangesBaseWeights ? "Linear" : "Linear, Embedding";
+    public override string Variant => UseDora ? "dora" : RewritesBase ? InitLoraWeights.Name : UseRslora ? "rslora" : "lora";
 
-    public override bool CanHold(Module module) =>
-        module is Linear || (module is Embedding && !UseDora && !InitLoraWeights.ChangesBaseWeights);
+    public override string SupportedLayerTypes => UseDora || RewritesBase ? "Linear" : "Linear, Embedding";
+
+    public override bool CanHold(Module module) => module is Linear || (module is Embedding && !UseDora && !RewritesBase);
+
+    public override bool Merges => true;
+
+    /// <summary>PiSSA and OLoRA write the residual W − s·B A into the base weight.</summary>
+    public override bool RewritesBase => InitLoraWeights.ChangesBaseWeights;
+
+    /// <summary>PEFT's conversion of PiSSA/OLoRA to a plain LoRA on the original weights: rank 2r, [B, B₀] and [A; −A₀]
+    /// (see <see cref="LoraLinearAdapter.TensorsForFile"/>), alpha scaled so that s stays the same.</summary>
+    public override AdapterConfig PlainEquivalent()
+    {
+        if (!RewritesBase) return this;
+        double alphaFactor = UseRslora ? Math.Sqrt(2) : 2;
+        return this with
+        {
+            R = 2 * R, LoraAlpha = LoraAlpha * alphaFactor, InitLoraWeights = LoraInit.Default,
+            RankPattern = RankPattern?.ToDictionary(p => p.Key, p => 2 * p.Value),
+            AlphaPattern = AlphaPattern?.ToDictionary(p => p.Key, p => p.Value * alphaFactor),
+        };
+    }
 
     /// <summary>The rank at the module <paramref name="path"/> (rank_pattern, else r).</summary>
     public int RankAt(string path) => PatternKey.Resolve(RankPattern, path, R);
@@ -117,14 +164,17 @@ public sealed record LoraConfig : AdapterConfig
     public override void Validate()
     {
         base.Validate();
-        if (R <= 0) throw new ArgumentOutOfRangeException(nameof(R), R, "r (the LoRA rank) must be a positive integer, typically 4 to 64.");
-        if (RankPattern?.FirstOrDefault(p => p.Value <= 0) is { Key: not null } badRank)
-            throw new ArgumentOutOfRangeException(nameof(RankPattern), badRank.Value, $"rank_pattern['{badRank.Key}'] must be a positive rank.");
-        if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout is a probability in [0, 1).");
-        if (double.IsNaN(LoraAlpha) || LoraAlpha == 0) throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha, "lora_alpha must be a non-zero number (commonly r or 2r).");
+        if (RankPattern?.FirstOrDefault(p => p.Value is <= 0 or > 65536) is { Key: not null } badRank)
+            throw new ArgumentOutOfRangeException(nameof(RankPattern), badRank.Value, $"rank_pattern['{badRank.Key}'] must be a rank in [1, 65536].");
+        if (AlphaPattern?.FirstOrDefault(p => !double.IsFinite(p.Value) || p.Value == 0) is { Key: not null } badAlpha)
+            throw new ArgumentOutOfRangeException(nameof(AlphaPattern), badAlpha.Value, $"alpha_pattern['{badAlpha.Key}'] must be a finite, non-zero number.");
+        if (LoraAlpha == 0) throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha, "lora_alpha must be a non-zero number (commonly r or 2r).");
+        if (RewritesBase && (LoraAlpha < 0 || AlphaPattern?.Values.Any(a => a < 0) == true))
+            throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha,
+                $"init_lora_weights '{InitLoraWeights.Name}' splits W into B A / √s and a residual, which needs a positive lora_alpha (s = alpha / r > 0).");
         if (Bias is not ("none" or "all" or "lora_only")) throw new ArgumentOutOfRangeException(nameof(Bias), Bias, "bias must be \"none\", \"all\" or \"lora_only\".");
         if (UseDora && LoraBias) throw new ArgumentException("use_dora and lora_bias cannot be combined (as in PEFT): choose one.", nameof(LoraBias));
-        if (UseDora && InitLoraWeights.ChangesBaseWeights)
+        if (UseDora && RewritesBase)
             throw new ArgumentException($"use_dora with init_lora_weights '{InitLoraWeights.Name}' is not supported here: use DoRA with the default init, or PiSSA/OLoRA without DoRA.", nameof(UseDora));
     }
 
@@ -136,15 +186,18 @@ public sealed record LoraConfig : AdapterConfig
                 $"init_lora_weights '{InitLoraWeights.Name}' is not available here; choose one of {string.Join(", ", LoraInit.SupportedNames)}.");
     }
 
-    public override AdapterModule CreateAdapter(string path, Module<Tensor, Tensor> baseLayer, bool initialize)
+    public override AdapterModule CreateAdapter(AdapterContext context)
     {
+        var (path, baseLayer, initialize) = (context.Path, context.BaseLayer, context.Initialize);
         if (initialize) ValidateInit();
         int r = RankAt(path);
         var weight = AdapterModule.BaseWeight(baseLayer);
         long fanOut = weight.shape[0], fanIn = weight.shape[1];
-        if (r > Math.Min(fanOut, fanIn))
+        // PEFT accepts a rank above min(out, in) (it adds parameters, not expressiveness; the summary says so), but a
+        // decomposition of W cannot give more than min(out, in) components.
+        if (RewritesBase && r > Math.Min(fanOut, fanIn))
             throw new ArgumentOutOfRangeException(nameof(R), r,
-                $"rank {r} does not fit '{path}' ({baseLayer.GetType().Name} {fanOut}x{fanIn}): a low-rank update there has rank at most {Math.Min(fanOut, fanIn)}.");
+                $"rank {r} does not fit '{path}' ({baseLayer.GetType().Name} {fanOut}x{fanIn}): init_lora_weights '{InitLoraWeights.Name}' takes r components of W, which has at most {Math.Min(fanOut, fanIn)}.");
         double scaling = ScalingAt(path);
         return baseLayer switch
         {
@@ -161,80 +214,80 @@ public sealed record LoraConfig : AdapterConfig
         _ => [],
     };
 
-    public override JsonObject ToPeftJson(bool asPlainDelta = true)
+    // Fields PEFT 0.20 writes for features this library does not use, at PEFT's defaults.
+    static readonly string[] UnusedNullFields =
+        ["megatron_config", "eva_config", "corda_config", "lora_ga_config", "velora_config", "alora_invocation_tokens",
+         "monteclora_config", "layer_replication", "target_parameters", "trainable_token_indices", "use_bdlora", "arrow_config"];
+
+    protected internal override void WriteFixedFields(JsonObject json)
     {
-        // PEFT's conversion of PiSSA/OLoRA to a plain LoRA on the original weights doubles the rank (see
-        // LoraLinearAdapter.TensorsForFile) and scales alpha so that s stays the same.
-        bool convert = asPlainDelta && InitLoraWeights.ChangesBaseWeights;
-        double alphaFactor = UseRslora ? Math.Sqrt(2) : 2;
-        var json = new JsonObject();
-        PeftJson.WriteCommon(json, this);
-        json["r"] = convert ? 2 * R : R;
-        json["lora_alpha"] = convert ? LoraAlpha * alphaFactor : LoraAlpha;
-        json["lora_dropout"] = LoraDropout;
         json["fan_in_fan_out"] = false;
-        json["bias"] = Bias;
-        json["use_rslora"] = UseRslora;
-        json["use_dora"] = UseDora;
-        json["init_lora_weights"] = convert ? true : InitLoraWeights.ToJson();
-        json["rank_pattern"] = Map(RankPattern, v => convert ? 2 * v : v);
-        json["alpha_pattern"] = Map(AlphaPattern, v => convert ? v * alphaFactor : v);
-        json["lora_bias"] = LoraBias;
-        // Fields PEFT 0.20 writes for features this library does not use, at PEFT's defaults.
-        foreach (var field in new[] { "megatron_config", "eva_config", "corda_config", "lora_ga_config", "velora_config", "alora_invocation_tokens",
-                                      "monteclora_config", "layer_replication", "target_parameters", "trainable_token_indices", "use_bdlora", "arrow_config" })
-            json[field] = null;
+        json["rank_pattern"] ??= new JsonObject();
+        json["alpha_pattern"] ??= new JsonObject();
+        foreach (var field in UnusedNullFields) json[field] = null;
         json["megatron_core"] = "megatron.core";
         json["loftq_config"] = new JsonObject();
         json["use_qalora"] = false;
         json["qalora_group_size"] = 16;
         json["ensure_weight_tying"] = false;
-        return json;
     }
 
-    static JsonObject Map<T>(IReadOnlyDictionary<string, T>? map, Func<T, T> transform)
-    {
-        var json = new JsonObject();
-        if (map is not null)
-            foreach (var (k, v) in map) json[k] = JsonValue.Create(transform(v));
-        return json;
-    }
-
-    /// <summary>Reads PEFT's LoRA <c>adapter_config.json</c> object. Unknown fields are ignored; fields asking for a
-    /// feature this library does not have are an error naming them.</summary>
-    public static LoraConfig FromPeftJson(JsonObject json, string file)
+    /// <summary>Refuses files that ask for a LoRA feature this library does not have, naming them.</summary>
+    protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file)
     {
         var unsupported = new List<string>();
         void Unsupported(string field, bool condition) { if (condition) unsupported.Add($"{field}={json[field]?.ToJsonString()}"); }
-        Unsupported("fan_in_fan_out", PeftJson.GetOr(json, "fan_in_fan_out", false, file));
-        Unsupported("use_qalora", PeftJson.GetOr(json, "use_qalora", false, file));
+        Unsupported("fan_in_fan_out", json["fan_in_fan_out"] is JsonValue f && f.TryGetValue<bool>(out var fan) && fan);
+        Unsupported("use_qalora", json["use_qalora"] is JsonValue q && q.TryGetValue<bool>(out var qa) && qa);
         foreach (var field in new[] { "layer_replication", "megatron_config", "alora_invocation_tokens", "trainable_token_indices", "arrow_config", "monteclora_config" })
             Unsupported(field, json[field] is not null);
         Unsupported("target_parameters", json["target_parameters"] is JsonArray { Count: > 0 });
         Unsupported("use_bdlora", json["use_bdlora"] is JsonValue v && !(v.TryGetValue<bool>(out var b) && !b));
         if (unsupported.Count > 0)
             throw new AdapterConfigException($"{file}: this LoRA adapter uses features PeftSharp does not support: {string.Join(", ", unsupported)}.");
-
-        var init = json["init_lora_weights"] switch
-        {
-            null => LoraInit.Default,
-            JsonValue value when value.TryGetValue<bool>(out var flag) => flag ? LoraInit.Default : LoraInit.Random,
-            JsonValue value when value.TryGetValue<string>(out var name) => LoraInit.Parse(name),
-            var other => throw new AdapterConfigException($"{file}: init_lora_weights should be true, false or a name such as \"pissa\", not {other.ToJsonString()}."),
-        };
-        var config = new LoraConfig
-        {
-            R = PeftJson.GetOr(json, "r", 8, file),
-            LoraAlpha = PeftJson.GetOr(json, "lora_alpha", 8.0, file),
-            LoraDropout = PeftJson.GetOr(json, "lora_dropout", 0.0, file),
-            UseRslora = PeftJson.GetOr(json, "use_rslora", false, file),
-            UseDora = PeftJson.GetOr(json, "use_dora", false, file),
-            Bias = PeftJson.GetOr(json, "bias", "none", file),
-            LoraBias = PeftJson.GetOr(json, "lora_bias", false, file),
-            InitLoraWeights = init,
-            RankPattern = PeftJson.GetMap<int>(json, "rank_pattern", file),
-            AlphaPattern = PeftJson.GetMap<double>(json, "alpha_pattern", file),
-        };
-        return PeftJson.ReadCommon(config, json, file);
+        return this;
     }
+
+    public override IReadOnlyList<string> FileTensorMarkers => [".lora_"];
+
+    /// <summary>A and B must be there and share a rank, which must be the config's (r / rank_pattern); DoRA needs its
+    /// magnitude vector.</summary>
+    public override int? InspectModule(string path, IReadOnlyList<PeftSharp.IO.SafeTensorInfo> tensors, List<string> problems)
+    {
+        int? rank = null;
+        var a = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_A.weight") || t.Name.EndsWith(".lora_embedding_A"));
+        var b = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_B.weight") || t.Name.EndsWith(".lora_embedding_B"));
+        if (a is null || b is null) problems.Add($"'{path}' has {(a is null ? "no lora_A" : "no lora_B")}.");
+        else if (a.Shape.Length != 2 || b.Shape.Length != 2)
+            problems.Add($"'{path}': lora_A [{string.Join(", ", a.Shape)}] and lora_B [{string.Join(", ", b.Shape)}] should both be matrices.");
+        else
+        {
+            bool embedding = a.Name.EndsWith(".lora_embedding_A");
+            rank = (int)a.Shape[0];
+            if ((embedding ? b.Shape[1] : b.Shape[1]) != rank)
+                problems.Add($"'{path}': lora_A [{string.Join(", ", a.Shape)}] and lora_B [{string.Join(", ", b.Shape)}] do not share a rank.");
+            if (rank != RankAt(path))
+                problems.Add($"'{path}' has rank {rank} but adapter_config.json says {RankAt(path)} (r / rank_pattern).");
+            if (UseDora && !embedding && !tensors.Any(t => t.Name.EndsWith(".lora_magnitude_vector")))
+                problems.Add($"'{path}' has no lora_magnitude_vector although use_dora is true.");
+        }
+        if (TargetModules is { } targets && !targets.IsAllLinear && !TargetMatcher.IsTarget(targets, path, LayersToTransform, LayersPattern))
+            problems.Add($"'{path}' is not matched by target_modules {targets}.");
+        return rank;
+    }
+
+    /// <summary>Given a rank but no alpha, alpha follows the rank (s = 1), as the notebooks and the Lab have always done.</summary>
+    protected internal override AdapterConfig AfterBinding(IReadOnlyDictionary<string, string> options) =>
+        options.ContainsKey("rank") && !options.ContainsKey("alpha") ? this with { LoraAlpha = R } : this;
+
+    protected internal override string? DefaultText(string option) => option == "alpha" ? "rank" : null;
+
+    protected internal override IReadOnlyList<string> Choices(string option) => option switch
+    {
+        "init" => LoraInit.SupportedNames,
+        "bias" => ["none", "all", "lora_only"],
+        _ => [],
+    };
+
+    protected internal override object? ParseOption(Type type, string text) => type == typeof(LoraInit) ? LoraInit.Parse(text) : null;
 }

@@ -22,6 +22,7 @@ public static class LowRankInit
         var a = sqrtS.unsqueeze(1) * vh[..r];            // (r, in)
         var b = u[.., ..r] * sqrtS.unsqueeze(0);         // (out, r)
         var residual = w - scaling * b.matmul(a);        // (out, in)
+        CheckFinite("PiSSA", a, b, residual, r, scaling);
         return (a.to(weight.dtype).MoveToOuterDisposeScope(), b.to(weight.dtype).MoveToOuterDisposeScope(),
                 residual.to(weight.dtype).MoveToOuterDisposeScope());
     }
@@ -35,8 +36,19 @@ public static class LowRankInit
         var b = q[.., ..r].contiguous();
         var a = rr[..r].contiguous();
         var residual = w - scaling * b.matmul(a);
+        CheckFinite("OLoRA", a, b, residual, r, scaling);
         return (a.to(weight.dtype).MoveToOuterDisposeScope(), b.to(weight.dtype).MoveToOuterDisposeScope(),
                 residual.to(weight.dtype).MoveToOuterDisposeScope());
+    }
+
+    // An initialisation that rewrites the base must not write NaN or Inf into it (an extreme lora_alpha, or a base that
+    // already holds non-finite values): refuse before anything changes.
+    static void CheckFinite(string method, Tensor a, Tensor b, Tensor residual, int r, double scaling)
+    {
+        using var finite = isfinite(a).all().logical_and(isfinite(b).all()).logical_and(isfinite(residual).all());
+        if (!finite.item<bool>())
+            throw new ArgumentOutOfRangeException("lora_alpha", scaling,
+                $"{method} with r = {r} and scale s = {scaling:G4} gives NaN or Inf values (the base weight is non-finite, or lora_alpha is extreme); the base weights were left unchanged. Use a moderate lora_alpha, e.g. r or 2r.");
     }
 
     /// <summary>The top-<paramref name="rank"/> SVD by random projection and <paramref name="iterations"/> power
