@@ -24,7 +24,7 @@ public sealed record TrainingProgress(int Step, int TotalSteps, int Epoch, doubl
 {
     public double Fraction => TotalSteps == 0 ? 1 : (double)Step / TotalSteps;
 
-    /// <summary>What trains, e.g. "LoRA 'default': 1,024 of 52,234 parameters (1.96%)" (see <see cref="TrainingLog.Trains"/>).</summary>
+    /// <summary>What trains, as <see cref="TrainingLog.Trains"/> says it ("lora 'default': K of N parameters (x%)").</summary>
     public string Trains { get; init; } = "";
 
     /// <summary>Values reported at this step (extra loss terms, hooks).</summary>
@@ -57,8 +57,8 @@ public sealed class TrainingLog
     /// <summary>Share of the model's parameter values that trained at the start (1 for full fine-tuning).</summary>
     public double TrainableFraction => AllParameters == 0 ? 0 : (double)TrainableParameters / AllParameters;
 
-    /// <summary>What trained, in words: "every parameter of the model (52,234)" for full fine-tuning, otherwise
-    /// "1,024 of 52,234 parameters (1.96%)", prefixed by the adapters when the run was given a <c>PeftModel</c>.
+    /// <summary>What trained, in words: "every parameter of the model (N)" for full fine-tuning, otherwise
+    /// "K of N parameters (x%)", prefixed by the adapters ("lora 'default': ") when the run was given a <c>PeftModel</c>.
     /// Makes plain, in the log and the progress events, a run that trains more than was meant.</summary>
     public string Trains { get; }
 
