@@ -9,8 +9,9 @@ using PeftSharp.Training;
 namespace PeftSharp.Interactive;
 
 /// <summary>
-/// A training view that updates in place while <see cref="Trainer.Fit"/> runs: a loss curve and a progress line
-/// (step, loss, steps/s, elapsed, ETA). It listens to <see cref="Trainer.Progress"/> and redraws at most every
+/// A training view that updates in place while <c>Trainer.Fit</c> runs: a loss curve, a progress line
+/// (step, loss, steps/s, elapsed, ETA) and what trains (<see cref="TrainingProgress.Trains"/>, so a run that trains the
+/// whole base by mistake shows it). It listens to <see cref="Trainer.Progress"/> and redraws at most every
 /// <c>refresh</c> (and at the last step). The curve is inline SVG, so updates need no script and it renders anywhere.
 /// <code>using (LiveTrainingView.Show(trainer, "LoRA r=4")) log = trainer.Fit(...);</code>
 /// </summary>
@@ -78,6 +79,8 @@ public sealed class LiveTrainingView : IDisposable
     {
         var html = new StringBuilder("<div class=\"peftsharp-live\" style=\"font-family:monospace\">");
         html.Append("<div><b>").Append(WebUtility.HtmlEncode(_title)).Append("</b></div>");
+        if (_last is { Trains.Length: > 0 } last)
+            html.Append("<div class=\"peftsharp-trains\">trains ").Append(WebUtility.HtmlEncode(last.Trains)).Append("</div>");
         html.Append(ProgressLine(_last));
         html.Append(Svg());
         return html.Append("</div>").ToString();

@@ -146,6 +146,8 @@ public sealed class FormatterAndChartTests
         view.Dispose();
         Assert.Contains("step 3/3", view.Html);
         Assert.Contains("ETA", view.Html);
+        Assert.Contains("<div class=\"peftsharp-trains\">trains ", view.Html);   // what trains: the adapter, not the base
+        Assert.DoesNotContain("every parameter", view.Html);
         Assert.True(view.Updates >= 3);
     }
 
