@@ -21,6 +21,7 @@ public static class AdapterFiles
     /// <summary>Reads and validates <c>adapter_config.json</c> in <paramref name="directory"/>.</summary>
     public static AdapterConfig ReadConfig(string directory)
     {
+        AdapterFileGuard.CheckRegularFile(Path.Combine(directory, ConfigFileName), AdapterFileGuard.MaxConfigBytes);
         var (configPath, _) = Paths(directory);
         JsonObject json;
         try
@@ -83,7 +84,7 @@ public static class AdapterFiles
         AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), PeftJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
     }
 
-    internal static void Load(PeftModel peft, string directory, string adapterName)
+    internal static void Load(PeftModel peft, string directory, string adapterName, bool allowNonFinite = false)
     {
         var (_, weightsPath) = Paths(directory);
         var config = ReadConfig(directory);
@@ -154,9 +155,13 @@ public static class AdapterFiles
                 if (!shape.SequenceEqual(target.shape))
                     throw new AdapterFileException(
                         $"{weightsPath}: tensor '{key}' has shape [{string.Join(", ", shape)}] but {what} needs [{string.Join(", ", target.shape)}].");
+                if (target.is_floating_point() && !SafeTensors.IsFloatingPoint(inFile[key].DType))
+                    throw new AdapterFileException(
+                        $"{weightsPath}: tensor '{key}' has dtype {inFile[key].DType} but {what} is a {target.dtype} weight; expected a floating-point dtype (F32, F16, BF16 or F64).");
             }
 
             values = SafeTensors.Load(weightsPath);
+            if (!allowNonFinite) CheckFinite(weightsPath, values, expected.Keys);
             using (no_grad())
             {
                 foreach (var (path, adapter) in adapters)
@@ -201,6 +206,19 @@ public static class AdapterFiles
             if (path.StartsWith(target + ".", StringComparison.Ordinal) && ModuleSurgery.Get(peft.Model, target) is not AdapterLayer)
                 return target + ".base_layer" + path[target.Length..];
         return path;
+    }
+
+    static void CheckFinite(string weightsPath, Dictionary<string, Tensor> values, IEnumerable<string> keys)
+    {
+        using var scope = NewDisposeScope();
+        foreach (var key in keys)
+        {
+            var nonFinite = isfinite(values[key]).logical_not().sum().item<long>();
+            if (nonFinite > 0)
+                throw new AdapterFileException(
+                    $"{weightsPath}: tensor '{key}' holds {nonFinite} NaN or infinite value(s) of {values[key].numel()}; the adapter is broken " +
+                    "(check its training). Pass allowNonFinite: true to PeftModel.Load / LoadAdapter to load it anyway.");
+        }
     }
 
     static void DisposeAll(Dictionary<string, Tensor>? values)
