@@ -79,13 +79,18 @@ public static class AdapterFiles
             foreach (var (key, value) in modelAdapter.TensorsForFile())
                 tensors[key] = value;
 
-        Directory.CreateDirectory(directory);
-        SafeTensors.Save(Path.Combine(directory, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), PeftJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        // Both files change together (AdapterDirectoryCommit): never one save's weights with another's config.
+        var weights = SafeTensors.Serialize(tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var configBytes = System.Text.Encoding.UTF8.GetBytes(PeftJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        AdapterDirectoryCommit.Replace(directory, [(WeightsFileName, weights), (ConfigFileName, stream => stream.Write(configBytes))]);
     }
+
+    /// <summary>The files of an adapter directory, which a save replaces together.</summary>
+    internal static readonly IReadOnlyList<string> FileNames = [WeightsFileName, ConfigFileName];
 
     internal static void Load(PeftModel peft, string directory, string adapterName, bool allowNonFinite = false)
     {
+        AdapterDirectoryCommit.Recover(directory, FileNames);   // a save that was interrupted: finish or undo it first
         var (_, weightsPath) = Paths(directory);
         var config = ReadConfig(directory);
 

@@ -73,7 +73,12 @@ public static class SafeTensors
     /// Writes <paramref name="tensors"/> (in the given order, data contiguous and in their own dtype) to
     /// <paramref name="path"/> through a temporary file and a rename, so an existing file is replaced whole or not at all.
     /// </summary>
-    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
+        AtomicFile.Write(path, Serialize(tensors, metadata));
+
+    /// <summary>Copies <paramref name="tensors"/> out and checks them (a dtype safetensors cannot hold throws here), and
+    /// returns what writes the file to a stream: nothing touches the disk until it is called.</summary>
+    public static Action<Stream> Serialize(IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var entries = tensors.ToList();
         var header = new JsonObject();
@@ -107,14 +112,14 @@ public static class SafeTensors
         headerBytes.CopyTo(padded, 0);
         for (int i = headerBytes.Length; i < padded.Length; i++) padded[i] = (byte)' ';
 
-        AtomicFile.Write(path, stream =>
+        return stream =>
         {
             Span<byte> length = stackalloc byte[8];
             BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded.Length);
             stream.Write(length);
             stream.Write(padded);
             foreach (var blob in blobs) stream.Write(blob);
-        });
+        };
     }
 
     static FileStream OpenRead(string path)
