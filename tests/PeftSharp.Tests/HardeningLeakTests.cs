@@ -70,6 +70,22 @@ public sealed class HardeningLeakTests
         Assert.Equal(c.Sources?.Count + 1 ?? 1, peft.AdapterNames.Count);
     }
 
+    [Fact]
+    public void Copies_of_an_embedding_in_modules_to_save_leave_no_live_tensors()
+    {
+        var c = MethodMatrix.Get("tokens-lora-embedding");
+        var peft = PeftModel.Create(c.NewModel(), new Methods.LowRank.LoraConfig { TargetModules = ["q"], R = 2, ModulesToSave = ["embed"] });
+        void Cycle()
+        {
+            peft.AddAdapter("extra", new Methods.LowRank.LoraConfig { TargetModules = ["v"], R = 2, ModulesToSave = ["embed"] });
+            peft.DeleteAdapter("extra");
+        }
+        Cycle();
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < Cycles; i++) Cycle();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     // A copy of the adapter directory whose weights were edited (edit returns a tensor it removed, to dispose).
     static string BrokenCopy(string directory, Func<Dictionary<string, Tensor>, Tensor?> edit)
     {
