@@ -37,7 +37,7 @@ public sealed class HardeningFileTests
     static string ConfigPath(string directory) => Path.Combine(directory, AdapterFiles.ConfigFileName);
 
     /// <summary>Rewrites the JSON header of a safetensors file (the data section stays as it was).</summary>
-    internal static void EditHeader(string path, Func<string, string> edit)
+    static void EditHeader(string path, Func<string, string> edit)
     {
         var bytes = File.ReadAllBytes(path);
         int length = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);

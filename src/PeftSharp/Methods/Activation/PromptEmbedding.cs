@@ -19,7 +19,7 @@ public sealed class PromptEmbedding : ModelAdapter, IInputPrompt
         var words = host.InputEmbeddingWeight;                                                      // (V, C)
         int p = config.NumVirtualTokens;
         Tensor initial;
-        using (var scope = NewDisposeScope())
+        using (NewDisposeScope())   // index_select, detach and randint leave handles behind
         using (no_grad())
         {
             if (!initialize) initial = zeros(p, host.HiddenSize, dtype: words.dtype, device: words.device);
