@@ -21,6 +21,7 @@ public static class AdapterFiles
     /// <summary>Reads and validates <c>adapter_config.json</c> in <paramref name="directory"/>.</summary>
     public static AdapterConfig ReadConfig(string directory)
     {
+        AdapterFileGuard.CheckRegularFile(Path.Combine(directory, ConfigFileName), AdapterFileGuard.MaxConfigBytes);
         var (configPath, _) = Paths(directory);
         JsonObject json;
         try
@@ -78,13 +79,18 @@ public static class AdapterFiles
             foreach (var (key, value) in modelAdapter.TensorsForFile())
                 tensors[key] = value;
 
-        Directory.CreateDirectory(directory);
-        SafeTensors.Save(Path.Combine(directory, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), ConfigJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        // Both files change together (AdapterDirectoryCommit): never one save's weights with another's config.
+        var weights = SafeTensors.Serialize(tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var configBytes = System.Text.Encoding.UTF8.GetBytes(ConfigJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        AdapterDirectoryCommit.Replace(directory, [(WeightsFileName, weights), (ConfigFileName, stream => stream.Write(configBytes))]);
     }
 
-    internal static void Load(PeftModel peft, string directory, string adapterName)
+    /// <summary>The files of an adapter directory, which a save replaces together.</summary>
+    internal static readonly IReadOnlyList<string> FileNames = [WeightsFileName, ConfigFileName];
+
+    internal static void Load(PeftModel peft, string directory, string adapterName, bool allowNonFinite = false)
     {
+        AdapterDirectoryCommit.Recover(directory, FileNames);   // a save that was interrupted: finish or undo it first
         var (_, weightsPath) = Paths(directory);
         var config = ReadConfig(directory);
 
@@ -158,9 +164,13 @@ public static class AdapterFiles
                 if (!shape.SequenceEqual(target.shape))
                     throw new AdapterFileException(
                         $"{weightsPath}: tensor '{key}' has shape [{string.Join(", ", shape)}] but {what} needs [{string.Join(", ", target.shape)}].");
+                if (target.is_floating_point() && !SafeTensors.IsFloatingPoint(inFile[key].DType))
+                    throw new AdapterFileException(
+                        $"{weightsPath}: tensor '{key}' has dtype {inFile[key].DType} but {what} is a {target.dtype} weight; expected a floating-point dtype (F32, F16, BF16 or F64).");
             }
 
             values = SafeTensors.Load(weightsPath);
+            if (!allowNonFinite) CheckFinite(weightsPath, values, expected.Keys);
             using (no_grad())
             {
                 foreach (var (path, adapter) in adapters)
@@ -205,6 +215,19 @@ public static class AdapterFiles
             if (path.StartsWith(target + ".", StringComparison.Ordinal) && ModuleSurgery.Get(peft.Model, target) is not AdapterLayer)
                 return target + ".base_layer" + path[target.Length..];
         return path;
+    }
+
+    static void CheckFinite(string weightsPath, Dictionary<string, Tensor> values, IEnumerable<string> keys)
+    {
+        using var scope = NewDisposeScope();
+        foreach (var key in keys)
+        {
+            var nonFinite = isfinite(values[key]).logical_not().sum().item<long>();
+            if (nonFinite > 0)
+                throw new AdapterFileException(
+                    $"{weightsPath}: tensor '{key}' holds {nonFinite} NaN or infinite value(s) of {values[key].numel()}; the adapter is broken " +
+                    "(check its training). Pass allowNonFinite: true to PeftModel.Load / LoadAdapter to load it anyway.");
+        }
     }
 
     static void DisposeAll(Dictionary<string, Tensor>? values)

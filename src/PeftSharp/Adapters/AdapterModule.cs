@@ -59,15 +59,15 @@ public abstract class AdapterModule : Module
     /// <see cref="MergedWeight"/> is finite. Methods that also change other base tensors (biases) check those too.</summary>
     public virtual bool MergeIsFinite(Module<Tensor, Tensor> baseLayer)
     {
-        using var merged = MergedWeight(baseLayer);
-        using var finite = isfinite(merged).all();
-        return finite.item<bool>();
+        using var scope = NewDisposeScope();
+        return isfinite(MergedWeight(baseLayer)).all().item<bool>();
     }
 
     /// <summary>Writes <paramref name="mergedWeight"/> (from <see cref="MergedWeight"/>) into the base layer and keeps
     /// what unmerging needs.</summary>
     public virtual void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         BaseWeight(baseLayer).copy_(mergedWeight);
     }
@@ -123,17 +123,17 @@ public abstract class WeightDeltaAdapter : AdapterModule
 
     public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         var weight = BaseWeight(baseLayer);
-        using var delta = DeltaWeight(baseLayer);
-        return weight + delta.to(weight.dtype);
+        return (weight + DeltaWeight(baseLayer).to(weight.dtype)).MoveToOuterDisposeScope();
     }
 
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         var weight = BaseWeight(baseLayer);
-        using var delta = DeltaWeight(baseLayer);
-        weight.sub_(delta.to(weight.dtype));
+        weight.sub_(DeltaWeight(baseLayer).to(weight.dtype));
     }
 }

@@ -112,7 +112,8 @@ public static class ModuleCloner
         Module<Tensor, Tensor> copy = module switch
         {
             TorchSharp.Modules.Linear l => Linear(l.in_features, l.out_features, hasBias: l.bias is not null, device: l.weight!.device, dtype: l.weight.dtype),
-            TorchSharp.Modules.Embedding e => Embedding(e.weight!.shape[0], e.weight.shape[1], device: e.weight.device, dtype: e.weight.dtype),
+            // get_parameter: Embedding.weight makes a new tensor handle on every read.
+            TorchSharp.Modules.Embedding e when e.get_parameter("weight") is { } w => Embedding(w.shape[0], w.shape[1], device: w.device, dtype: w.dtype),
             TorchSharp.Modules.LayerNorm n => LayerNorm(n.normalized_shape, n.eps, n.elementwise_affine, device: n.weight?.device, dtype: n.weight?.dtype),
             ICloneableModule c => c.CloneModule(),
             _ => throw new NotSupportedException(

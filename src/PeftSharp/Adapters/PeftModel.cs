@@ -59,11 +59,12 @@ public sealed class PeftModel
     }
 
     /// <summary>Loads a PEFT adapter directory into <paramref name="model"/> as <paramref name="adapterName"/> and
-    /// activates it. Fails, with the model unchanged, when the files do not fit the model.</summary>
-    public static PeftModel Load(Module model, string directory, string adapterName = DefaultAdapterName, bool trainable = false)
+    /// activates it. Fails, with the model unchanged, when the files do not fit the model. Tensors holding NaN or
+    /// infinite values are refused unless <paramref name="allowNonFinite"/>.</summary>
+    public static PeftModel Load(Module model, string directory, string adapterName = DefaultAdapterName, bool trainable = false, bool allowNonFinite = false)
     {
         var peft = new PeftModel(model);
-        peft.LoadAdapter(directory, adapterName, trainable);
+        peft.LoadAdapter(directory, adapterName, trainable, allowNonFinite);
         return peft;
     }
 
@@ -124,12 +125,13 @@ public sealed class PeftModel
     }
 
     /// <summary>Loads a PEFT adapter directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>) as
-    /// <paramref name="adapterName"/>. Everything is read and checked before the model changes.</summary>
-    public void LoadAdapter(string directory, string adapterName, bool trainable = false)
+    /// <paramref name="adapterName"/>. Everything is read and checked before the model changes; tensors holding NaN
+    /// or infinite values are refused unless <paramref name="allowNonFinite"/>.</summary>
+    public void LoadAdapter(string directory, string adapterName, bool trainable = false, bool allowNonFinite = false)
     {
         EnsureUsable();
         ValidateNewName(adapterName);
-        AdapterFiles.Load(this, directory, adapterName);
+        AdapterFiles.Load(this, directory, adapterName, allowNonFinite);
         if (_active.Count == 0 || trainable) SetActiveAdapters(_active.Append(adapterName).Distinct().ToArray());
         if (!trainable) UpdateTrainable(trainableAdapters: _active.Where(a => a != adapterName).ToList());
     }

@@ -33,6 +33,9 @@ public static class SafeTensors
         ["I16"] = (ScalarType.Int16, 2), ["I8"] = (ScalarType.Int8, 1), ["U8"] = (ScalarType.Byte, 1), ["BOOL"] = (ScalarType.Bool, 1),
     };
 
+    /// <summary>Whether <paramref name="dtype"/> (a header's dtype name) holds floating-point values.</summary>
+    public static bool IsFloatingPoint(string dtype) => dtype is "F64" or "F32" or "F16" or "BF16";
+
     /// <summary>Reads and validates the header of <paramref name="path"/>: entries and metadata.</summary>
     public static (IReadOnlyList<SafeTensorInfo> Tensors, IReadOnlyDictionary<string, string> Metadata) ReadHeader(string path)
     {
@@ -70,7 +73,12 @@ public static class SafeTensors
     /// Writes <paramref name="tensors"/> (in the given order, data contiguous and in their own dtype) to
     /// <paramref name="path"/> through a temporary file and a rename, so an existing file is replaced whole or not at all.
     /// </summary>
-    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
+        AtomicFile.Write(path, Serialize(tensors, metadata));
+
+    /// <summary>Copies <paramref name="tensors"/> out and checks them (a dtype safetensors cannot hold throws here), and
+    /// returns what writes the file to a stream: nothing touches the disk until it is called.</summary>
+    public static Action<Stream> Serialize(IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var entries = tensors.ToList();
         var header = new JsonObject();
@@ -104,21 +112,24 @@ public static class SafeTensors
         headerBytes.CopyTo(padded, 0);
         for (int i = headerBytes.Length; i < padded.Length; i++) padded[i] = (byte)' ';
 
-        AtomicFile.Write(path, stream =>
+        return stream =>
         {
             Span<byte> length = stackalloc byte[8];
             BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded.Length);
             stream.Write(length);
             stream.Write(padded);
             foreach (var blob in blobs) stream.Write(blob);
-        });
+        };
     }
 
     static FileStream OpenRead(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"No safetensors file at {path}.", path);
+        AdapterFileGuard.CheckRegularFile(path);
         return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
     }
+
+    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     static (IReadOnlyList<SafeTensorInfo>, IReadOnlyDictionary<string, string>) ReadHeader(Stream stream, string path, out long dataStart)
     {
@@ -137,11 +148,18 @@ public static class SafeTensors
         dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
 
-        JsonObject header;
         try
         {
-            header = JsonNode.Parse(headerBytes) as JsonObject
-                ?? throw new SafeTensorsFormatException($"{path}: the header is not a JSON object.");
+            StrictUtf8.GetCharCount(headerBytes);
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new SafeTensorsFormatException($"{path}: the header is not valid UTF-8 text (a tensor name or field holds other bytes); the file is corrupted.");
+        }
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(headerBytes);
         }
         catch (JsonException e)
         {
@@ -150,15 +168,19 @@ public static class SafeTensors
 
         var metadata = new Dictionary<string, string>();
         var infos = new List<SafeTensorInfo>();
-        foreach (var (name, node) in header)
+        using (document)
         {
-            if (name == "__metadata__")
+            foreach (var (name, node) in Fields(path, "the header", document.RootElement))
             {
-                if (node is JsonObject meta)
-                    foreach (var (k, v) in meta) metadata[k] = v?.ToString() ?? "";
-                continue;
+                if (name == "__metadata__")
+                {
+                    if (node.ValueKind == JsonValueKind.Object)
+                        foreach (var (k, v) in Fields(path, "__metadata__", node))
+                            metadata[k] = v.ValueKind == JsonValueKind.String ? v.GetString()! : v.GetRawText();
+                    continue;
+                }
+                infos.Add(ParseEntry(path, name, node));
             }
-            infos.Add(ParseEntry(path, name, node));
         }
 
         // Data regions must lie inside the file and must not overlap.
@@ -174,35 +196,73 @@ public static class SafeTensors
         return (infos, metadata);
     }
 
-    static SafeTensorInfo ParseEntry(string path, string name, JsonNode? node)
+    // The fields of a JSON object, refusing a name given twice (JSON readers disagree on which one wins).
+    static List<(string Name, JsonElement Value)> Fields(string path, string what, JsonElement element)
     {
-        if (node is not JsonObject entry)
-            throw new SafeTensorsFormatException($"{path}: header entry '{name}' is not an object with dtype, shape and data_offsets.");
-        try
+        if (element.ValueKind != JsonValueKind.Object)
+            throw new SafeTensorsFormatException($"{path}: {what} is {Show(element)}; expected a JSON object.");
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var fields = new List<(string, JsonElement)>();
+        foreach (var property in element.EnumerateObject())
         {
-            var dtype = entry["dtype"]?.GetValue<string>()
-                ?? throw new SafeTensorsFormatException($"{path}: tensor '{name}' has no dtype.");
-            if (!DTypes.TryGetValue(dtype, out var type))
-                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has dtype '{dtype}'; readable dtypes are {string.Join(", ", DTypes.Keys)}.");
-            var shape = (entry["shape"] as JsonArray ?? throw new SafeTensorsFormatException($"{path}: tensor '{name}' has no shape."))
-                .Select(d => d!.GetValue<long>()).ToArray();
-            if (shape.Any(d => d < 0))
-                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a negative dimension in shape [{string.Join(", ", shape)}].");
-            var offsets = entry["data_offsets"] as JsonArray;
-            if (offsets is not { Count: 2 })
-                throw new SafeTensorsFormatException($"{path}: tensor '{name}' needs data_offsets [begin, end].");
-            long begin = offsets[0]!.GetValue<long>(), end = offsets[1]!.GetValue<long>();
-            var info = new SafeTensorInfo(name, dtype, shape, begin, end);
-            if (begin < 0 || end < begin)
-                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has data_offsets [{begin}, {end}]; begin must be 0 or more and not after end.");
-            if (end - begin != info.ElementCount * type.Size)
-                throw new SafeTensorsFormatException($"{path}: tensor '{name}' of shape [{string.Join(", ", shape)}] and dtype {dtype} needs {info.ElementCount * type.Size} bytes, but data_offsets give {end - begin}.");
-            return info;
+            if (!seen.Add(property.Name))
+                throw new SafeTensorsFormatException($"{path}: {what} has the key '{property.Name}' twice; each key must appear once.");
+            fields.Add((property.Name, property.Value));
         }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or JsonException)
+        return fields;
+    }
+
+    static SafeTensorInfo ParseEntry(string path, string name, JsonElement node)
+    {
+        if (node.ValueKind != JsonValueKind.Object)
+            throw new SafeTensorsFormatException($"{path}: header entry '{name}' is {Show(node)}; expected an object with dtype, shape and data_offsets.");
+        var fields = Fields(path, $"tensor '{name}'", node).ToDictionary(f => f.Name, f => f.Value);
+        if (!fields.TryGetValue("dtype", out var dtypeNode) || dtypeNode.ValueKind != JsonValueKind.String)
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has no dtype string (found {Show(dtypeNode)}); expected one of {string.Join(", ", DTypes.Keys)}.");
+        var dtype = dtypeNode.GetString()!;
+        if (!DTypes.TryGetValue(dtype, out var type))
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has dtype '{dtype}'; readable dtypes are {string.Join(", ", DTypes.Keys)}.");
+        var shape = Integers(path, name, "shape", fields, "a list of dimensions of 0 or more, such as [4, 16]");
+        if (shape.Any(d => d < 0))
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a negative dimension in shape [{string.Join(", ", shape)}].");
+        var offsets = Integers(path, name, "data_offsets", fields, "[begin, end], two byte offsets into the data section");
+        if (offsets.Length != 2)
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has data_offsets [{string.Join(", ", offsets)}]; expected [begin, end].");
+        long begin = offsets[0], end = offsets[1];
+        if (begin < 0 || end < begin)
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has data_offsets [{begin}, {end}]; begin must be 0 or more and not after end.");
+        long bytes = type.Size;
+        foreach (var d in shape)
         {
-            throw new SafeTensorsFormatException($"{path}: header entry '{name}' is malformed ({e.Message}).");
+            if (d != 0 && bytes > long.MaxValue / d)
+                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has shape [{string.Join(", ", shape)}], too large for any file.");
+            bytes *= d;
         }
+        if (end - begin != bytes)
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' of shape [{string.Join(", ", shape)}] and dtype {dtype} needs {bytes} bytes, but data_offsets give {end - begin}.");
+        return new SafeTensorInfo(name, dtype, shape, begin, end);
+    }
+
+    static long[] Integers(string path, string name, string field, Dictionary<string, JsonElement> fields, string expected)
+    {
+        if (!fields.TryGetValue(field, out var node) || node.ValueKind != JsonValueKind.Array)
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has {field} {Show(node)}; expected {expected}.");
+        var values = new List<long>();
+        foreach (var item in node.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt64(out long value))
+                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has {field} {Show(node)} holding {Show(item)}; expected {expected}.");
+            values.Add(value);
+        }
+        return values.ToArray();
+    }
+
+    // A JSON value for a message, cut short ("missing" for an absent field).
+    static string Show(JsonElement element)
+    {
+        if (element.ValueKind == JsonValueKind.Undefined) return "missing";
+        var text = element.GetRawText();
+        return text.Length <= 60 ? text : text[..57] + "...";
     }
 }
 

@@ -31,18 +31,20 @@ public sealed class BitFitAdapter : AdapterModule
 
     public override bool MergeIsFinite(Module<Tensor, Tensor> baseLayer)
     {
-        using var finite = isfinite(bitfit_bias).all();
-        return finite.item<bool>();
+        using var scope = NewDisposeScope();
+        return isfinite(bitfit_bias).all().item<bool>();
     }
 
     public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         baseLayer.get_parameter("bias")!.add_(bitfit_bias);
     }
 
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         baseLayer.get_parameter("bias")!.sub_(bitfit_bias);
     }

@@ -44,19 +44,22 @@ public sealed class IA3LinearAdapter : AdapterModule
 
     public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        return BaseWeight(baseLayer) * ia3_l;   // (out, in) ⊙ (out, 1) scales rows; ⊙ (1, in) scales columns
+        return (BaseWeight(baseLayer) * ia3_l).MoveToOuterDisposeScope();   // (out, in) ⊙ (out, 1) scales rows; ⊙ (1, in) scales columns
     }
 
     public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
         base.Merge(baseLayer, mergedWeight);
+        using var scope = NewDisposeScope();
         if (!IsFeedforward && baseLayer.get_parameter("bias") is { } bias)
             using (no_grad()) bias.mul_(ia3_l.flatten());
     }
 
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         BaseWeight(baseLayer).div_(ia3_l);
         if (!IsFeedforward && baseLayer.get_parameter("bias") is { } bias) bias.div_(ia3_l.flatten());
@@ -64,8 +67,9 @@ public sealed class IA3LinearAdapter : AdapterModule
 
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         var weight = BaseWeight(baseLayer);
-        return weight * ia3_l - weight;
+        return (weight * ia3_l - weight).MoveToOuterDisposeScope();
     }
 }

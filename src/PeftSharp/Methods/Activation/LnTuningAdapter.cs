@@ -36,16 +36,17 @@ public sealed class LnTuningAdapter : AdapterModule
 
     public override bool MergeIsFinite(Module<Tensor, Tensor> baseLayer)
     {
-        using var finite = isfinite(ln_tuning_layers.weight!).all().logical_and(isfinite(ln_tuning_layers.bias!).all());
-        return finite.item<bool>();
+        using var scope = NewDisposeScope();
+        return isfinite(ln_tuning_layers.weight!).all().logical_and(isfinite(ln_tuning_layers.bias!).all()).item<bool>();
     }
 
     public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         var (weight, bias) = (BaseWeight(baseLayer), baseLayer.get_parameter("bias")!);
-        _originalWeight = weight.detach().clone();
-        _originalBias = bias.detach().clone();
+        _originalWeight = weight.detach().clone().DetachFromDisposeScope();
+        _originalBias = bias.detach().clone().DetachFromDisposeScope();
         weight.copy_(mergedWeight);
         bias.copy_(ln_tuning_layers.bias!);
     }
@@ -65,8 +66,9 @@ public sealed class LnTuningAdapter : AdapterModule
 
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        return ln_tuning_layers.weight! - BaseWeight(baseLayer);
+        return (ln_tuning_layers.weight! - BaseWeight(baseLayer)).MoveToOuterDisposeScope();
     }
 
     protected override void Dispose(bool disposing)

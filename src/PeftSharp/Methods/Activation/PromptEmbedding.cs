@@ -19,6 +19,7 @@ public sealed class PromptEmbedding : ModelAdapter, IInputPrompt
         var words = host.InputEmbeddingWeight;                                                      // (V, C)
         int p = config.NumVirtualTokens;
         Tensor initial;
+        using (NewDisposeScope())   // index_select, detach and randint leave handles behind
         using (no_grad())
         {
             if (!initialize) initial = zeros(p, host.HiddenSize, dtype: words.dtype, device: words.device);
@@ -28,6 +29,7 @@ public sealed class PromptEmbedding : ModelAdapter, IInputPrompt
                 PromptTuningInit.Text => words.index_select(0, tensor(Enumerable.Range(0, p).Select(i => (long)config.InitTokenIds![i % config.InitTokenIds.Count]).ToArray(), device: words.device)).detach().clone(),
                 _ => randn(p, host.HiddenSize, dtype: words.dtype, device: words.device),
             };
+            initial.DetachFromDisposeScope();
         }
         embedding = new Parameter(initial);
         register_parameter("embedding", embedding);

@@ -32,7 +32,8 @@ public static class Activations
     {
         TorchSharp.Modules.Linear l => (l.in_features, l.out_features),
         TorchSharp.Modules.LayerNorm n => (n.normalized_shape[^1], n.normalized_shape[^1]),
-        TorchSharp.Modules.Embedding e => (e.weight!.shape[1], e.weight.shape[1]),
+        // get_parameter: Embedding.weight hands out a new tensor handle on every read.
+        TorchSharp.Modules.Embedding e => (e.get_parameter("weight")!.shape[1], e.get_parameter("weight")!.shape[1]),
         _ => throw new ArgumentException($"'{path}' is a {module.GetType().Name}; this adapter goes after a Linear, LayerNorm or Embedding."),
     };
 }

@@ -53,7 +53,8 @@ public sealed class BottleneckAdapter : AdapterModule
         if (config.ConvKernelSize is int k)
         {
             // Depthwise over the sequence: one k-tap filter per bottleneck channel; padding keeps the length.
-            adapter_conv = Conv1d(bottleneck, bottleneck, k, padding: k / 2, groups: bottleneck, device: device, dtype: dtype);
+            using (NewDisposeScope())   // Conv1d's constructor leaves a temporary behind; its parameters outlive the scope
+                adapter_conv = Conv1d(bottleneck, bottleneck, k, padding: k / 2, groups: bottleneck, device: device, dtype: dtype);
             register_module("adapter_conv", adapter_conv);
         }
         register_module("adapter_up", adapter_up);
@@ -92,6 +93,7 @@ public sealed class BottleneckAdapter : AdapterModule
 
     void Initialize(string scheme)
     {
+        using var scope = NewDisposeScope();   // in-place initialisers hand back wrappers of the parameters
         using var _ = no_grad();
         foreach (var (module, isUp) in new[] { (adapter_down, false), (adapter_up, true) })
         {

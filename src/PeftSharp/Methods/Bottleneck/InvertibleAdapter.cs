@@ -30,6 +30,7 @@ public sealed class NiceCoupling : ModelAdapter
         register_module("F_up", F_up);
         register_module("G_down", G_down);
         register_module("G_up", G_up);
+        using (NewDisposeScope())   // in-place initialisers hand back wrappers of the parameters
         using (no_grad())
             foreach (var up in new[] { F_up, G_up })
             {

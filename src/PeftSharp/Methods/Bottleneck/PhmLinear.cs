@@ -78,6 +78,7 @@ public sealed class PhmLinear : Module<Tensor, Tensor>
     /// <paramref name="zeroRight"/> W_right starts at 0, so the layer outputs its bias only (identity-at-init adapters).</summary>
     public void GlorotUniform(bool zeroRight)
     {
+        using var scope = NewDisposeScope();   // in-place initialisers hand back wrappers of the parameters
         using var _ = no_grad();
         for (int i = 0; i < N; i++)
         {

@@ -34,9 +34,9 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
     // ‖W + s B A‖ per row, (out), without gradient (DoRA sec. 4.3).
     Tensor WeightNorm(Tensor weight)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        using var lora = B.matmul(A);
-        return linalg.norm(weight + lora.mul_(Scaling), dims: [1]);
+        return linalg.norm(B.matmul(A).mul_(Scaling).add_(weight), dims: [1]).MoveToOuterDisposeScope();
     }
 
     /// <summary>DoRA has no fused form: the magnitude rescales the base output too.</summary>
@@ -57,30 +57,33 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
 
     public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         var weight = BaseWeight(baseLayer);
-        using var factor = lora_magnitude_vector / WeightNorm(weight);
-        using var lora = B.matmul(A).mul_(Scaling);
-        return factor.unsqueeze(1) * (weight + lora);
+        var factor = lora_magnitude_vector / WeightNorm(weight);
+        var lora = B.matmul(A).mul_(Scaling);
+        return (factor.unsqueeze(1) * (weight + lora)).MoveToOuterDisposeScope();
     }
 
     public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
-        using (no_grad())
-        {
-            _mergeFactor?.Dispose();
-            _mergeFactor = (lora_magnitude_vector / WeightNorm(BaseWeight(baseLayer))).detach().MoveToOuterDisposeScope();
-            BaseWeight(baseLayer).copy_(mergedWeight);
-        }
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        _mergeFactor?.Dispose();
+        _mergeFactor = (lora_magnitude_vector / WeightNorm(BaseWeight(baseLayer))).DetachFromDisposeScope();
+        BaseWeight(baseLayer).copy_(mergedWeight);
     }
 
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
         if (_mergeFactor is null) throw new InvalidOperationException("DoRA adapter is not merged.");
-        using var _ = no_grad();
-        var weight = BaseWeight(baseLayer);
-        using var lora = B.matmul(A).mul_(Scaling);
-        weight.copy_(weight / _mergeFactor.unsqueeze(1) - lora);
+        using (NewDisposeScope())
+        using (no_grad())
+        {
+            var weight = BaseWeight(baseLayer);
+            var lora = B.matmul(A).mul_(Scaling);
+            weight.copy_(weight / _mergeFactor.unsqueeze(1) - lora);
+        }
         _mergeFactor.Dispose();
         _mergeFactor = null;
     }
@@ -88,9 +91,9 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
     /// <summary>The effective change W' − W (not low rank: the magnitude rescales every row).</summary>
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        using var merged = MergedWeight(baseLayer);
-        return merged - BaseWeight(baseLayer);
+        return (MergedWeight(baseLayer) - BaseWeight(baseLayer)).MoveToOuterDisposeScope();
     }
 
     protected override void Dispose(bool disposing)

@@ -52,7 +52,8 @@ public sealed class LoraEmbeddingAdapter : WeightDeltaAdapter
     /// <summary>dW = s · (B A)ᵀ (vocab × dim), the shape of the embedding table.</summary>
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        return lora_embedding_B.matmul(lora_embedding_A).t().mul(Scaling);
+        return lora_embedding_B.matmul(lora_embedding_A).t().mul(Scaling).MoveToOuterDisposeScope();
     }
 }

@@ -125,8 +125,9 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     /// <summary>dW = s · B A (out × in).</summary>
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
     {
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
-        return lora_B.weight!.matmul(lora_A.weight!).mul_(Scaling);
+        return lora_B.weight!.matmul(lora_A.weight!).mul_(Scaling).MoveToOuterDisposeScope();
     }
 
     public override Tensor MergedWeight(Module<Tensor, Tensor> baseLayer) => base.MergedWeight(baseLayer);
@@ -134,6 +135,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
     {
         base.Merge(baseLayer, mergedWeight);
+        using var scope = NewDisposeScope();
         if (lora_B.bias is { } bias)
             using (no_grad()) BaseBias(baseLayer).add_(bias, alpha: Scaling);
     }
@@ -141,6 +143,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
         base.Unmerge(baseLayer);
+        using var scope = NewDisposeScope();
         if (lora_B.bias is { } bias)
             using (no_grad()) BaseBias(baseLayer).add_(bias, alpha: -Scaling);
     }

@@ -22,7 +22,7 @@ public sealed class GptModel : Module<Tensor, Tensor>
         _embedTokens = embedding;
         // The original embedding's weight, for the tied head even after an adapter takes its place in the field. A
         // delegate, not a field: RegisterComponents would register a Parameter field a second time.
-        _embeddingWeight = () => embedding.weight!;
+        _embeddingWeight = () => embedding.get_parameter("weight")!;   // Embedding.weight makes a new handle per read
         Layers = new ModuleList<Module<Tensor, Tensor>>(
             Enumerable.Range(0, config.Layers).Select(i => (Module<Tensor, Tensor>)new GptBlock(config, i)).ToArray());
         _norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
