@@ -166,6 +166,24 @@ public sealed class MethodRegistryTests
         Assert.Contains("field 'bottleneck_size' should be an integer", wrongType.Message);
     }
 
+    [Fact]
+    public void A_config_with_a_field_given_twice_or_invalid_UTF8_is_refused_naming_the_file()
+    {
+        var directory = TempDirectory.Create();
+        PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 2 }).Save(directory);
+        var path = Path.Combine(directory, AdapterFiles.ConfigFileName);
+        var text = File.ReadAllText(path);
+        File.WriteAllText(path, text.Replace("\"r\": 2,", "\"r\": 2, \"r\": 4,"));
+        var twice = Assert.ThrowsAny<PeftSharp.IO.AdapterFileException>(() => AdapterFiles.ReadConfig(directory));
+        Assert.Contains(path, twice.Message);
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+        int at = text.IndexOf("lin0", StringComparison.Ordinal);
+        bytes[at] = 0xC3;   // a lead byte followed by an ASCII byte: not UTF-8
+        File.WriteAllBytes(path, bytes);
+        var utf8 = Assert.ThrowsAny<PeftSharp.IO.AdapterFileException>(() => AdapterFiles.ReadConfig(directory));
+        Assert.Contains("UTF-8", utf8.Message);
+    }
+
     [Theory]
     [InlineData("pissa")]
     [InlineData("olora")]

@@ -26,12 +26,18 @@ public static class AdapterFiles
         JsonObject json;
         try
         {
-            json = JsonNode.Parse(File.ReadAllText(configPath)) as JsonObject
+            // Strict: invalid UTF-8 is an error (not a silent U+FFFD in a module name), and so is a field given twice.
+            var text = File.ReadAllText(configPath, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true));
+            json = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new AdapterConfigException($"{configPath}: expected a JSON object.");
         }
         catch (JsonException e)
         {
             throw new AdapterConfigException($"{configPath}: not valid JSON ({e.Message}).");
+        }
+        catch (System.Text.DecoderFallbackException)
+        {
+            throw new AdapterConfigException($"{configPath}: not valid UTF-8 text; adapter_config.json is UTF-8 JSON (the file may be damaged).");
         }
         var config = MethodList.ConfigFromPeftJson(json, configPath);
         try

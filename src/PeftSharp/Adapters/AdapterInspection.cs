@@ -31,6 +31,9 @@ public sealed record AdapterInspection(
     /// <see cref="AdapterConfig.InspectModule"/>).</summary>
     public static AdapterInspection Read(string directory)
     {
+        // A save that was interrupted: finish or undo it first (a read-only directory is read as it is).
+        try { AdapterDirectoryCommit.Recover(directory, AdapterFiles.FileNames); }
+        catch (UnauthorizedAccessException) { }
         var config = AdapterFiles.ReadConfig(directory);
         var (tensors, metadata) = SafeTensors.ReadHeader(Path.Combine(directory, AdapterFiles.WeightsFileName));
         var problems = new List<string>();

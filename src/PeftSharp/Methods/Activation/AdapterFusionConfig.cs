@@ -70,6 +70,8 @@ public sealed class AdapterFusionAdapter : AdapterModule, IReportsRouting
         register_module("fusion_query", fusion_query);
         register_module("fusion_key", fusion_key);
         register_module("fusion_value", fusion_value);
+        // In-place ops return new handles (and eye() a new tensor): a scope frees them.
+        using var scope = NewDisposeScope();
         using var _ = no_grad();
         foreach (var l in new[] { fusion_query, fusion_key })
         {
