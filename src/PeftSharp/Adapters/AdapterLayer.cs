@@ -55,8 +55,16 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
     /// <summary>When true the layer returns exactly the base output (merged adapters are unmerged first).</summary>
     public bool AdaptersDisabled { get; internal set; }
 
-    /// <summary>Set by <see cref="PeftModel.UseAdapterPerRow"/>: one adapter name per row of the batch.</summary>
-    internal IReadOnlyList<string>? RowAdapterNames { get; set; }
+    /// <summary>The forward context in force (set inside <see cref="PeftModel.Use"/>), or null.</summary>
+    public ForwardContext? Context { get; internal set; }
+
+    // The rows of the batch the adapter being applied sees (a mixed batch hands each adapter its own rows), or null for all.
+    long[]? _currentRows;
+
+    /// <summary>The task ids of the rows an adapter is applied to right now (the context's, narrowed to the adapter's own
+    /// rows in a mixed batch), or null when the context has none.</summary>
+    public IReadOnlyList<int>? RowTaskIds =>
+        Context?.TaskIds is not { } ids ? null : _currentRows is { } rows ? rows.Select(r => ids[(int)r]).ToArray() : ids;
 
     /// <summary>How several active adapters combine (set by <c>PeftModel.SetActiveAdapters</c>).</summary>
     public AdapterComposition Composition { get; internal set; } = AdapterComposition.Stack;
@@ -91,7 +99,9 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
             if (IsMerged) Unmerge();
             return _baseLayer.call(x);
         }
-        if (RowAdapterNames is { } rowNames) return ForwardPerRow(x, rowNames);
+        if (Context?.TaskIds is { } taskIds && taskIds.Count != x.shape[0])
+            throw new ArgumentException($"Layer '{Path}': the batch has {x.shape[0]} rows but the forward context has {taskIds.Count} task ids (one per row is needed).");
+        if (Context?.AdapterNames is { } rowNames) return ForwardPerRow(x, rowNames);
         if (IsMerged || _active.Count == 0) return _baseLayer.call(x);
 
         // One scope per layer: intermediates die here (autograd keeps what backward needs), only the output leaves.
@@ -133,8 +143,16 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
             var index = tensor(rows, dtype: ScalarType.Int64, device: x.device);
             // Adapters that read the sublayer's residual see the same rows of it.
             using var rowContext = SublayerContext.Current?.EnterRows(index);
-            var updated = _adapters[name].Apply(x.index_select(0, index), result.index_select(0, index), _baseLayer);
-            result = result.index_copy(0, index, updated);
+            _currentRows = rows;
+            try
+            {
+                var updated = _adapters[name].Apply(x.index_select(0, index), result.index_select(0, index), _baseLayer);
+                result = result.index_copy(0, index, updated);
+            }
+            finally
+            {
+                _currentRows = null;
+            }
         }
         return result.MoveToOuterDisposeScope();
     }

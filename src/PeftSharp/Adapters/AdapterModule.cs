@@ -24,6 +24,10 @@ public abstract class AdapterModule : Module
     /// (ScaLearn, AdapterFusion) can find them.</summary>
     public AdapterLayer? Layer { get; internal set; }
 
+    /// <summary>The forward context in force (per-row task ids, routing record), or null outside
+    /// <see cref="PeftModel.Use"/>. Multi-task adapters read <see cref="AdapterLayer.RowTaskIds"/>.</summary>
+    protected ForwardContext? Context => Layer?.Context;
+
     /// <summary>
     /// Adds this adapter's effect to <paramref name="result"/>, the layer output so far (base output plus the
     /// adapters applied before this one), for input <paramref name="x"/>. May write into <paramref name="result"/>

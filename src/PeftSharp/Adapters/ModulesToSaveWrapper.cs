@@ -37,8 +37,8 @@ public sealed class ModulesToSaveWrapper : Module<Tensor, Tensor>
 
     internal bool Disabled { get; set; }
 
-    /// <summary>Set by <see cref="PeftModel.UseAdapterPerRow"/>: one adapter name per row of the batch.</summary>
-    internal IReadOnlyList<string>? RowAdapterNames { get; set; }
+    /// <summary>The forward context in force (set inside <see cref="PeftModel.Use"/>), or null.</summary>
+    internal ForwardContext? Context { get; set; }
 
     internal void AddCopy(string adapterName, Module<Tensor, Tensor> copy) => _copies.Add(adapterName, copy);
 
@@ -54,7 +54,7 @@ public sealed class ModulesToSaveWrapper : Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         if (Disabled) return _original.call(x);
-        if (RowAdapterNames is not { } rowNames) return ActiveAdapter is null ? _original.call(x) : _copies[ActiveAdapter].call(x);
+        if (Context?.AdapterNames is not { } rowNames) return ActiveAdapter is null ? _original.call(x) : _copies[ActiveAdapter].call(x);
 
         // Per-row: each row through its adapter's copy, or the original for the base or adapters without a copy.
         using var scope = NewDisposeScope();

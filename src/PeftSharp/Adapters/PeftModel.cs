@@ -393,23 +393,48 @@ public sealed class PeftModel
 
     /// <summary>Within the returned scope, row i of a batch goes through adapter <c>adapterNames[i]</c> alone
     /// (<see cref="AdapterLayer.BaseOnly"/> for the base model), all in one forward pass.</summary>
-    public IDisposable UseAdapterPerRow(IReadOnlyList<string> adapterNames)
+    public IDisposable UseAdapterPerRow(IReadOnlyList<string> adapterNames) => Use(new ForwardContext { AdapterNames = adapterNames });
+
+    /// <summary>
+    /// Puts <paramref name="context"/> (per-row task ids, per-row adapter names, a routing record) in force for the
+    /// forward passes inside the returned scope; disposing it restores the context that was in force before (none,
+    /// usually), so nothing carries over into later calls.
+    /// </summary>
+    public IDisposable Use(ForwardContext context)
     {
         EnsureUsable();
-        var unknown = adapterNames.Distinct().Where(n => n != AdapterLayer.BaseOnly && !_adapters.Any(a => a.Name == n)).ToList();
-        if (unknown.Count > 0)
-            throw new ArgumentException($"Unknown adapter name(s) {string.Join(", ", unknown.Select(u => $"'{u}'"))} in the per-row list; known: {string.Join(", ", AdapterNames)} and '{AdapterLayer.BaseOnly}' for the base model.");
-        if (ModelAdapters.FirstOrDefault(m => !m.Value.SupportsPerRow && (adapterNames.Contains(m.Key) || m.Value.IsOn)) is { Key: not null } whole)
-            throw new NotSupportedException(
-                $"Adapter '{whole.Key}' ({whole.Value.MethodName}) changes the whole batch through a model hook, so rows of one batch cannot use different adapters with it. " +
-                "Run one batch per adapter instead (SetActiveAdapters, then forward).");
-        foreach (var layer in Layers) layer.RowAdapterNames = adapterNames;
-        foreach (var wrapper in SavedModules) wrapper.RowAdapterNames = adapterNames;
+        ArgumentNullException.ThrowIfNull(context);
+        if (context.TaskIds?.FirstOrDefault(t => t < 0) is int negative && negative < 0)
+            throw new ArgumentOutOfRangeException(nameof(context), negative, "Task ids are 0-based row labels; a task id is negative.");
+        if (context.AdapterNames is { } adapterNames)
+        {
+            var unknown = adapterNames.Distinct().Where(n => n != AdapterLayer.BaseOnly && !_adapters.Any(a => a.Name == n)).ToList();
+            if (unknown.Count > 0)
+                throw new ArgumentException($"Unknown adapter name(s) {string.Join(", ", unknown.Select(u => $"'{u}'"))} in the per-row list; known: {string.Join(", ", AdapterNames)} and '{AdapterLayer.BaseOnly}' for the base model.");
+            if (ModelAdapters.FirstOrDefault(m => !m.Value.SupportsPerRow && (adapterNames.Contains(m.Key) || m.Value.IsOn)) is { Key: not null } whole)
+                throw new NotSupportedException(
+                    $"Adapter '{whole.Key}' ({whole.Value.MethodName}) changes the whole batch through a model hook, so rows of one batch cannot use different adapters with it. " +
+                    "Run one batch per adapter instead (SetActiveAdapters, then forward).");
+        }
+        var layers = Layers;
+        var wrappers = SavedModules;
+        var previous = (layers.Select(l => l.Context).ToList(), wrappers.Select(w => w.Context).ToList());
+        foreach (var layer in layers) layer.Context = context;
+        foreach (var wrapper in wrappers) wrapper.Context = context;
         return new Scope(() =>
         {
-            foreach (var layer in Layers) layer.RowAdapterNames = null;
-            foreach (var wrapper in SavedModules) wrapper.RowAdapterNames = null;
+            for (int i = 0; i < layers.Count; i++) layers[i].Context = previous.Item1[i];
+            for (int i = 0; i < wrappers.Count; i++) wrappers[i].Context = previous.Item2[i];
         });
+    }
+
+    /// <summary>Runs the model (a Tensor → Tensor module) with <paramref name="context"/> in force.</summary>
+    public Tensor Forward(Tensor input, ForwardContext context)
+    {
+        if (Model is not Module<Tensor, Tensor> module)
+            throw new InvalidOperationException($"{Model.GetType().Name} is not a Module<Tensor, Tensor>; call its forward yourself.");
+        using var _ = Use(context);
+        return module.call(input);
     }
 
     /// <summary>Runs the model (a Tensor → Tensor module) with an optional adapter name per row.</summary>

@@ -115,6 +115,8 @@ public sealed class AdapterFusionAdapter : AdapterModule, IReportsRouting
         var weights = scores.softmax(-1);
         LastWeights?.Dispose();
         LastWeights = weights.detach().clone().DetachFromDisposeScope();
+        // Inside a forward context the routing goes to its record too (the routing views read it from there).
+        if (Context is { } context && LastRouting is { } routing) context.ReportRouting(routing);
         var fused = weights.unsqueeze(-2).matmul(fusion_value.call(deltas)).squeeze(-2);             // (..., d)
         return result.clone().add_(fused);
     }

@@ -136,7 +136,7 @@ public sealed class BottleneckAdapter : AdapterModule
         return _dropout?.call(up) ?? up;
     }
 
-    SublayerContext Context(string option) => SublayerContext.Current ?? throw new InvalidOperationException(
+    SublayerContext Sublayer(string option) => SublayerContext.Current ?? throw new InvalidOperationException(
         $"'{_path}': {option} needs the sublayer's residual and LayerNorm, which only a model that declares its residual sublayers gives " +
         "(BERT's attention.output.dense and output.dense do). Target such a projection, or " +
         (_config.IsParallel ? "set ParallelInput = ParallelInput.LayerInput." : "set OriginalLnBefore = false."));
@@ -145,7 +145,7 @@ public sealed class BottleneckAdapter : AdapterModule
     {
         if (_config.IsParallel)
         {
-            var input = _config.ParallelInput == ParallelInput.SublayerInput ? Context("a parallel adapter fed the sublayer input").Residual : x;
+            var input = _config.ParallelInput == ParallelInput.SublayerInput ? Sublayer("a parallel adapter fed the sublayer input").Residual : x;
             var branch = Branch(input);
             if (adapter_norm_after is not null) branch = adapter_norm_after.call(branch);
             return result.add_(branch);
@@ -155,7 +155,7 @@ public sealed class BottleneckAdapter : AdapterModule
         var residual = result;
         if (_config.OriginalLnBefore)
         {
-            var context = Context("original_ln_before");
+            var context = Sublayer("original_ln_before");
             var added = result + context.Residual;
             if (_config.ResidualBeforeLn == ResidualSource.PostAdd) residual = added;
             h = context.LayerNorm?.call(added) ?? added;
