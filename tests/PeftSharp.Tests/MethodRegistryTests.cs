@@ -343,3 +343,47 @@ public sealed record CalibratedToyConfig : AdapterConfig
         return new ToyScaleAdapter(AdapterModule.BaseWeight(context.BaseLayer).shape[0], 1);
     }
 }
+
+/// <summary>Adding an adapter from tensors in memory takes the same path as loading a file.</summary>
+public sealed class AdapterFromTensorsTests
+{
+    public static IEnumerable<object[]> Rows => MethodMatrix.Cases.Where(c => c.Sources is null).Select(c => new object[] { c.Name });
+
+    [Theory]
+    [MemberData(nameof(Rows))]
+    public void An_adapter_added_from_its_tensors_gives_the_same_outputs_as_the_original(string name)
+    {
+        var row = MethodMatrix.Get(name);
+        var peft = row.Attach(row.NewModel());
+        Tensors.PerturbAdapters(peft, PeftModel.DefaultAdapterName);
+        var input = row.NewInput();
+        using var expected = ((Module<Tensor, Tensor>)peft.Model).call(input).detach();
+
+        // As a file would hold it: PEFT's converted form, and the config as written.
+        var tensors = peft.AdapterTensors(PeftModel.DefaultAdapterName, asPlainDelta: true);
+        var config = MethodList.ConfigFromPeftJson(peft.Config(PeftModel.DefaultAdapterName).ToPeftJson(), "in memory");
+        var copy = PeftModel.For(row.NewModel());
+        copy.AddAdapter("copy", config, tensors);
+        copy.SetActiveAdapters("copy");
+        using var actual = ((Module<Tensor, Tensor>)copy.Model).call(input).detach();
+        Tensors.AssertClose(expected, actual, row.ChangesBase ? row.Tolerance : row.ExactTolerance + 1e-6, $"{name} added from tensors");
+        foreach (var t in tensors.Values) t.Dispose();
+    }
+
+    [Fact]
+    public void Tensors_that_do_not_fit_are_refused_before_the_model_changes()
+    {
+        var row = MethodMatrix.Get("mlp-lora");
+        var peft = row.Attach(row.NewModel());
+        var tensors = peft.AdapterTensors(PeftModel.DefaultAdapterName);
+        var key = tensors.Keys.First(k => k.EndsWith("lora_A.weight"));
+        tensors[key] = zeros(3, 3);
+        var target = PeftModel.For(row.NewModel());
+        var before = Tensors.Snapshot(target.Model);
+        var error = Assert.ThrowsAny<PeftSharp.IO.AdapterFileException>(() => target.AddAdapter("copy", row.Config(), tensors));
+        Assert.Contains(key, error.Message);
+        Assert.Contains("the tensors given", error.Message);
+        Assert.Empty(target.AdapterNames);
+        foreach (var (path, p) in target.Model.named_parameters()) Tensors.AssertEqual(before[path], p, path);
+    }
+}

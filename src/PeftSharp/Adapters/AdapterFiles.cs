@@ -70,6 +70,18 @@ public static class AdapterFiles
     {
         var config = peft.Config(adapterName);
         using var scope = NewDisposeScope();
+        var tensors = Tensors(peft, adapterName, asPlainDelta);
+
+        // Both files change together (AdapterDirectoryCommit): never one save's weights with another's config.
+        var weights = SafeTensors.Serialize(tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var configBytes = System.Text.Encoding.UTF8.GetBytes(ConfigJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
+        AdapterDirectoryCommit.Replace(directory, [(WeightsFileName, weights), (ConfigFileName, stream => stream.Write(configBytes))]);
+    }
+
+    /// <summary>An adapter's tensors by file key, as <see cref="Save"/> writes them (the caller's dispose scope owns any
+    /// tensor computed for the file, e.g. PiSSA's conversion).</summary>
+    internal static SortedDictionary<string, Tensor> Tensors(PeftModel peft, string adapterName, bool asPlainDelta)
+    {
         var tensors = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
         var layers = peft.Layers.Where(l => l.Contains(adapterName)).ToList();
         foreach (var layer in layers)
@@ -84,11 +96,47 @@ public static class AdapterFiles
         if (peft.ModelAdapters.TryGetValue(adapterName, out var modelAdapter))
             foreach (var (key, value) in modelAdapter.TensorsForFile())
                 tensors[key] = value;
+        return tensors;
+    }
 
-        // Both files change together (AdapterDirectoryCommit): never one save's weights with another's config.
-        var weights = SafeTensors.Serialize(tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        var configBytes = System.Text.Encoding.UTF8.GetBytes(ConfigJson.ToSortedJson(config.ToPeftJson(asPlainDelta)));
-        AdapterDirectoryCommit.Replace(directory, [(WeightsFileName, weights), (ConfigFileName, stream => stream.Write(configBytes))]);
+    /// <summary>Where an adapter's tensors come from: a safetensors file (its header is checked before any value is
+    /// read) or tensors in memory (e.g. a merge of other adapters).</summary>
+    internal abstract class TensorSource
+    {
+        /// <summary>How errors name the source: the file's path, or "the tensors given".</summary>
+        public abstract string Name { get; }
+
+        /// <summary>Key → (shape, dtype name, whether the dtype is floating point), known before any value is read.</summary>
+        public abstract IReadOnlyDictionary<string, (long[] Shape, string DType, bool IsFloat)> Infos();
+
+        /// <summary>The values; the caller disposes them when <see cref="OwnsValues"/>.</summary>
+        public abstract Dictionary<string, Tensor> Values();
+
+        public abstract bool OwnsValues { get; }
+    }
+
+    sealed class FileSource(string path) : TensorSource
+    {
+        public override string Name => path;
+
+        public override IReadOnlyDictionary<string, (long[] Shape, string DType, bool IsFloat)> Infos() =>
+            SafeTensors.ReadHeader(path).Tensors.ToDictionary(i => i.Name, i => (i.Shape, i.DType, SafeTensors.IsFloatingPoint(i.DType)));
+
+        public override Dictionary<string, Tensor> Values() => SafeTensors.Load(path);
+
+        public override bool OwnsValues => true;
+    }
+
+    internal sealed class MemorySource(IReadOnlyDictionary<string, Tensor> tensors) : TensorSource
+    {
+        public override string Name => "the tensors given";
+
+        public override IReadOnlyDictionary<string, (long[] Shape, string DType, bool IsFloat)> Infos() =>
+            tensors.ToDictionary(p => p.Key, p => (p.Value.shape, p.Value.dtype.ToString(), p.Value.is_floating_point()));
+
+        public override Dictionary<string, Tensor> Values() => tensors.ToDictionary(p => p.Key, p => p.Value);
+
+        public override bool OwnsValues => false;
     }
 
     /// <summary>The files of an adapter directory, which a save replaces together.</summary>
@@ -97,9 +145,19 @@ public static class AdapterFiles
     internal static void Load(PeftModel peft, string directory, string adapterName, bool allowNonFinite = false)
     {
         AdapterDirectoryCommit.Recover(directory, FileNames);   // a save that was interrupted: finish or undo it first
-        var (_, weightsPath) = Paths(directory);
+        var (configPath, weightsPath) = Paths(directory);
         var config = ReadConfig(directory);
+        Attach(peft, adapterName, config, new FileSource(weightsPath), allowNonFinite, $"{configPath} does not fit this model");
+    }
 
+    /// <summary>
+    /// The one path by which an adapter with given values goes into a model (a file, or tensors in memory): the config
+    /// is checked against the model, every expected key, shape and dtype against the source, and the values for
+    /// finiteness, all before the model changes; then the adapter is committed with those values.
+    /// </summary>
+    internal static void Attach(PeftModel peft, string adapterName, AdapterConfig config, TensorSource source, bool allowNonFinite, string misfit)
+    {
+        var weightsPath = source.Name;
         TargetSelection selection;
         ModelAdapter? modelAdapter;
         try
@@ -110,7 +168,7 @@ public static class AdapterFiles
         }
         catch (ArgumentException e)
         {
-            throw new ArgumentException($"{Path.Combine(directory, ConfigFileName)} does not fit this model: {e.Message}", e);
+            throw new ArgumentException($"{misfit}: {e.Message}", e);
         }
 
         // A file saved without PEFT's conversion (init_lora_weights "pissa", "olora") holds A and B relative to a
@@ -151,8 +209,7 @@ public static class AdapterFiles
                 foreach (var (key, parameter) in modelAdapter.FileParameters())
                     expected[key] = (parameter, $"{key} of the {modelAdapter.MethodName} adapter");
 
-            var (infos, _) = SafeTensors.ReadHeader(weightsPath);
-            var inFile = infos.ToDictionary(i => i.Name);
+            var inFile = source.Infos();
             var missing = expected.Keys.Where(k => !inFile.ContainsKey(k)).ToList();
             if (missing.Count > 0)
                 throw new AdapterFileException(
@@ -170,12 +227,12 @@ public static class AdapterFiles
                 if (!shape.SequenceEqual(target.shape))
                     throw new AdapterFileException(
                         $"{weightsPath}: tensor '{key}' has shape [{string.Join(", ", shape)}] but {what} needs [{string.Join(", ", target.shape)}].");
-                if (target.is_floating_point() && !SafeTensors.IsFloatingPoint(inFile[key].DType))
+                if (target.is_floating_point() && !inFile[key].IsFloat)
                     throw new AdapterFileException(
                         $"{weightsPath}: tensor '{key}' has dtype {inFile[key].DType} but {what} is a {target.dtype} weight; expected a floating-point dtype (F32, F16, BF16 or F64).");
             }
 
-            values = SafeTensors.Load(weightsPath);
+            values = source.Values();
             if (!allowNonFinite) CheckFinite(weightsPath, values, expected.Keys);
             using (no_grad())
             {
@@ -191,7 +248,7 @@ public static class AdapterFiles
         {
             foreach (var a in adapters.Values) a.Dispose();
             modelAdapter?.Dispose();
-            DisposeAll(values);
+            if (source.OwnsValues) DisposeAll(values);
             throw;
         }
 
@@ -210,7 +267,7 @@ public static class AdapterFiles
         }
         finally
         {
-            DisposeAll(values);
+            if (source.OwnsValues) DisposeAll(values);
         }
     }
 
@@ -232,7 +289,7 @@ public static class AdapterFiles
             if (nonFinite > 0)
                 throw new AdapterFileException(
                     $"{weightsPath}: tensor '{key}' holds {nonFinite} NaN or infinite value(s) of {values[key].numel()}; the adapter is broken " +
-                    "(check its training). Pass allowNonFinite: true to PeftModel.Load / LoadAdapter to load it anyway.");
+                    "(check its training). Pass allowNonFinite: true to load it anyway.");
         }
     }
 

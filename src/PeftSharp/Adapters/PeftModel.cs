@@ -58,6 +58,14 @@ public sealed class PeftModel
         return peft;
     }
 
+    /// <summary>A <see cref="PeftModel"/> over <paramref name="model"/> with no adapter yet, to add or load several into
+    /// (<see cref="AddAdapter(string, AdapterConfig, Action?)"/>, <see cref="LoadAdapter"/>, adapters from tensors).</summary>
+    public static PeftModel For(Module model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return new PeftModel(model);
+    }
+
     /// <summary>Loads a PEFT adapter directory into <paramref name="model"/> as <paramref name="adapterName"/> and
     /// activates it. Fails, with the model unchanged, when the files do not fit the model. Tensors holding NaN or
     /// infinite values are refused unless <paramref name="allowNonFinite"/>.</summary>
@@ -122,6 +130,34 @@ public sealed class PeftModel
         }
         Commit(adapterName, config, adapters, modelAdapter, initialize: true);
         return selection;
+    }
+
+    /// <summary>
+    /// Adds an adapter whose values are given: <paramref name="tensors"/> by file key
+    /// (<c>base_model.model.&lt;module path&gt;.&lt;tensor name&gt;</c>, as <see cref="AdapterTensors"/> returns them and
+    /// <c>adapter_model.safetensors</c> holds them), e.g. a merge of other adapters. It takes the same path as
+    /// <see cref="LoadAdapter"/>: keys, shapes, dtypes and values are checked before the model changes; the values are
+    /// copied. Like <see cref="AddAdapter(string, AdapterConfig, Action?)"/> it does not become active by itself.
+    /// </summary>
+    public void AddAdapter(string adapterName, AdapterConfig config, IReadOnlyDictionary<string, Tensor> tensors, bool allowNonFinite = false)
+    {
+        EnsureUsable();
+        ValidateNewName(adapterName);
+        ArgumentNullException.ThrowIfNull(tensors);
+        config.Validate();
+        AdapterFiles.Attach(this, adapterName, config, new AdapterFiles.MemorySource(tensors), allowNonFinite, $"the config of '{adapterName}' does not fit this model");
+        UpdateTrainable(_active);
+    }
+
+    /// <summary>Copies of adapter <paramref name="adapterName"/>'s tensors by file key, as <see cref="Save"/> writes them
+    /// (with <paramref name="asPlainDelta"/>, PiSSA/OLoRA in PEFT's converted form). Dispose them when done.</summary>
+    public Dictionary<string, Tensor> AdapterTensors(string adapterName, bool asPlainDelta = false)
+    {
+        EnsureUsable();
+        if (!_adapters.Any(a => a.Name == adapterName)) throw UnknownAdapter(adapterName);
+        using var scope = NewDisposeScope();
+        return AdapterFiles.Tensors(this, adapterName, asPlainDelta)
+            .ToDictionary(p => p.Key, p => p.Value.detach().clone().DetachFromDisposeScope());
     }
 
     /// <summary>Loads a PEFT adapter directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>) as
