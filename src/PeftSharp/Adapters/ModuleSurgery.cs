@@ -84,10 +84,6 @@ public static class ModuleSurgery
         };
     }
 
-    /// <summary>Replaces the module at <paramref name="path"/> (see <see cref="PlanReplace"/>).</summary>
-    public static void Replace(Module root, string path, Module replacement) =>
-        PlanReplace(root, path, replacement.GetType())(replacement);
-
     /// <summary>Gives <paramref name="wrapper"/> the device record of <paramref name="wrapped"/>, so a later
     /// <c>.to(device)</c> on the model does not skip the wrapper's subtree.</summary>
     public static void CopyDeviceRecord(Module wrapped, Module wrapper)
