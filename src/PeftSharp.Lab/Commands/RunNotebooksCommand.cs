@@ -4,9 +4,11 @@ using PeftSharp.Lab.Notebooks;
 namespace PeftSharp.Lab.Commands;
 
 /// <summary>
-/// <c>run notebooks [paths...] [--out DIR] [--timeout SECONDS]</c>: executes notebooks (default: every .ipynb and
+/// <c>run notebooks [paths...] [--out DIR] [--timeout SECONDS] [--full]</c>: executes notebooks (default: every .ipynb and
 /// .dib under the repository's notebooks/ folder) with the real .NET Interactive C# kernel, writes the executed
 /// notebooks and report.html to the output folder, and exits 1 naming the notebook, cell and error of any failure.
+/// <c>--full</c> runs the notebooks' full setting: the kernels run in this process, so setting
+/// <see cref="PeftSharp.Training.RunSettings.FullVariable"/> here is what their settings cells read.
 /// </summary>
 static class RunNotebooksCommand
 {
@@ -22,8 +24,10 @@ static class RunNotebooksCommand
             throw new ArgumentException($"No notebooks (.ipynb or .dib) found in {string.Join(", ", paths)}.");
         var output = Path.GetFullPath(arguments.Text("out") ?? Path.Combine(root ?? ".", "artifacts", "notebooks"));
         var timeout = TimeSpan.FromSeconds(arguments.Int("timeout", 300));
+        bool full = arguments.Flag("full");
+        if (full) Environment.SetEnvironmentVariable(PeftSharp.Training.RunSettings.FullVariable, "1");
 
-        stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, output in {output}");
+        stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, {(PeftSharp.Training.RunSettings.Full ? "full" : "quick")} setting, output in {output}");
         var clock = Stopwatch.StartNew();
         var runner = new NotebookRunner(timeout, output, stdout);
         var results = new List<NotebookResult>();
