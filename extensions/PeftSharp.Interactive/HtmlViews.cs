@@ -156,7 +156,7 @@ public static class HtmlViews
             $"<div><b>claim:</b> {E(claim)}</div><div><b>verdict:</b> {E(verdict.Summary)}</div>" +
             Line($"{verdict.Treatment} {verdict.TreatmentMean:0.####}, {verdict.Baseline} {verdict.BaselineMean:0.####}; per seed Δ = " +
                  string.Join(", ", verdict.Differences.Select(d => d.ToString("+0.####;-0.####;0", CultureInfo.InvariantCulture))) +
-                 $"; held only when |Δ| exceeds {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences") + "</div>";
+                 $"; a direction counts only when Δ is more than {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences past the threshold ({(verdict.Margin > 0 ? $"-{verdict.Margin:0.####}" : "0")})") + "</div>";
     }
 
     /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>

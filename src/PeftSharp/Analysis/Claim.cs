@@ -119,13 +119,13 @@ public sealed record ClaimVerdict(Claim Claim, ClaimOutcome Outcome, string Trea
         {
             var c = CultureInfo.InvariantCulture;
             string delta = string.Create(c, $"Δ {Metric} ({Treatment} − {Baseline}) = {MeanDifference:+0.####;-0.####;0} ± {StandardError:0.####} over {Seeds} seed{(Seeds == 1 ? "" : "s")}");
-            string threshold = Margin > 0 ? string.Create(c, $" against a margin of {Margin:0.####}") : "";
+            string threshold = Margin > 0 ? string.Create(c, $" of the threshold -{Margin:0.####} (the claim's margin)") : "";
             return Outcome switch
             {
-                ClaimOutcome.Held => $"held at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors in the claimed direction{threshold})",
-                ClaimOutcome.DidNotHold => $"did not hold at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors against the claim{threshold})",
+                ClaimOutcome.Held => $"held at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "above the threshold" : "in the claimed direction")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
+                ClaimOutcome.DidNotHold => $"did not hold at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "below the threshold" : "against the claim")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
                 _ when Seeds < 2 => $"not decided: {delta}; one seed cannot tell a difference from noise",
-                _ => $"did not hold at this scale: {delta} is within {Claim.NoiseMultiple:0} standard errors{threshold}, so neither direction is shown",
+                _ => $"did not hold at this scale: {delta} is within {Claim.NoiseMultiple:0} standard errors{(Margin > 0 ? threshold : " of zero")}, so neither direction is shown",
             };
         }
     }

@@ -87,7 +87,9 @@ public sealed class HonestComparisonTests
         var close = new Claim("LoRA comes within one point of full fine-tuning");
         double[] lora = [0.795, 0.797, 0.796], full = [0.80, 0.80, 0.80];   // 0.4 points behind, tightly
         Assert.Equal(ClaimOutcome.DidNotHold, close.Check("LoRA", lora, "full", full, "accuracy").Outcome);   // "better" fails
-        Assert.Equal(ClaimOutcome.Held, close.Check("LoRA", lora, "full", full, "accuracy", margin: 0.01).Outcome);
+        var within = close.Check("LoRA", lora, "full", full, "accuracy", margin: 0.01);
+        Assert.Equal(ClaimOutcome.Held, within.Outcome);
+        Assert.Contains("above the threshold -0.01", within.Summary);
     }
 
     [Fact]
