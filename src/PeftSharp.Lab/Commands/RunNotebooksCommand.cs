@@ -24,9 +24,23 @@ static class RunNotebooksCommand
             throw new ArgumentException($"No notebooks (.ipynb or .dib) found in {string.Join(", ", paths)}.");
         var output = Path.GetFullPath(arguments.Text("out") ?? Path.Combine(root ?? ".", "artifacts", "notebooks"));
         var timeout = TimeSpan.FromSeconds(arguments.Int("timeout", 300));
-        bool full = arguments.Flag("full");
-        if (full) Environment.SetEnvironmentVariable(PeftSharp.Training.RunSettings.FullVariable, "1");
+        // The kernels run in this process: set the switch for them, and put it back afterwards (a host that runs the
+        // command in-process, as the tests do, keeps its own setting).
+        const string fullVariable = PeftSharp.Training.RunSettings.FullVariable;
+        var previousSetting = Environment.GetEnvironmentVariable(fullVariable);
+        if (arguments.Flag("full")) Environment.SetEnvironmentVariable(fullVariable, "1");
+        try
+        {
+            return await RunAllAsync(notebooks, output, timeout, stdout, stderr);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(fullVariable, previousSetting);
+        }
+    }
 
+    static async Task<int> RunAllAsync(List<FileInfo> notebooks, string output, TimeSpan timeout, TextWriter stdout, TextWriter stderr)
+    {
         stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, {(PeftSharp.Training.RunSettings.Full ? "full" : "quick")} setting, output in {output}");
         var clock = Stopwatch.StartNew();
         var runner = new NotebookRunner(timeout, output, stdout);
