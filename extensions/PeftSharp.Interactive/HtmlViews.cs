@@ -128,7 +128,7 @@ public static class HtmlViews
                 var cells = new List<object?> { r.Name + (r == best ? " (best)" : ""), r.Seeds > 1 ? $"{F(r.Score)} ± {F(r.StandardDeviation)}" : F(r.Score) };
                 if (seeded) cells.AddRange([r.Seeds.ToString(CultureInfo.InvariantCulture), string.Join(", ", r.Scores.Select(F))]);
                 cells.AddRange([r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture), r.TrainablePercent.ToString("0.###", CultureInfo.InvariantCulture),
-                    $"{r.TrainingTime.TotalSeconds:0.0} s", Bytes(r.PeakMemoryBytes)]);
+                    $"{r.TrainingTime.TotalSeconds:0.0} s", r.PeakMemoryBytes is long bytes ? Bytes(bytes) : "not measured"]);
                 return cells;
             })) + ChartHtml.Fragment(PeftCharts.Comparison(comparison)) + (seeded ? ChartHtml.Fragment(PeftCharts.ScoreBars(comparison)) : "") + "</div>";
     }

@@ -71,10 +71,11 @@ public sealed class EvidenceViewTests
     [Fact]
     public void A_single_seed_comparison_draws_no_error_bars_and_says_one_seed()
     {
-        var single = new MethodComparison("one run").Add(new ComparisonRow("LoRA", 1, 10, 0.9, TimeSpan.Zero, 0));
+        var single = new MethodComparison("one run").Add(new ComparisonRow("LoRA", 1, 10, [0.9], TimeSpan.Zero, null));
         Assert.All(Traces(PeftCharts.Comparison(single)), t => Assert.False(t.TryGetProperty("error_y", out _)));
         var html = Html(single);
         Assert.Contains("1 seed", html);
+        Assert.Contains("not measured", html);
         Assert.DoesNotContain(Encoded("mean ± std"), html);
     }
 

@@ -13,8 +13,8 @@ namespace PeftSharp.Analysis;
 /// same order.</param>
 /// <param name="TrainingTime">Mean wall time of training over the seeds (not of evaluation).</param>
 /// <param name="PeakMemoryBytes">How far resident memory rose above its level at the start of training (the largest
-/// over the seeds).</param>
-public sealed record ComparisonRow(string Name, long TrainableParameters, long AllParameters, IReadOnlyList<double> Scores, TimeSpan TrainingTime, long PeakMemoryBytes)
+/// over the seeds); null when it was not measured.</param>
+public sealed record ComparisonRow(string Name, long TrainableParameters, long AllParameters, IReadOnlyList<double> Scores, TimeSpan TrainingTime, long? PeakMemoryBytes)
 {
     /// <summary>A row of one run (one seed): what single-seed notebooks record.</summary>
     public ComparisonRow(string name, long trainableParameters, long allParameters, double score, TimeSpan trainingTime, long peakMemoryBytes)
@@ -51,7 +51,7 @@ public sealed record ComparisonRow(string Name, long TrainableParameters, long A
         if (ordered.Select(r => r.Seed).Distinct().Count() != ordered.Count)
             throw new ArgumentException($"'{runs[0].Name}' has two runs with the same seed: each seed counts once.", nameof(runs));
         return new ComparisonRow(runs[0].Name, runs[0].TrainableParameters, runs[0].AllParameters, ordered.Select(r => r.Score).ToArray(),
-            TimeSpan.FromTicks((long)ordered.Average(r => r.TrainingTime.Ticks)), ordered.Max(r => r.PeakMemoryBytes))
+            TimeSpan.FromTicks((long)ordered.Average(r => r.TrainingTime.Ticks)), ordered.All(r => r.PeakMemoryBytes is not null) ? ordered.Max(r => r.PeakMemoryBytes) : null)
         { SeedValues = ordered.Select(r => r.Seed).ToArray() };
     }
 }

@@ -20,8 +20,12 @@ public sealed record RunResult(string Name, int Seed, double Score, string Metri
     /// <summary>Wall time of training (evaluation excluded).</summary>
     public TimeSpan TrainingTime => Log.Duration;
 
-    /// <summary>How far resident memory rose above its level at the start of training.</summary>
-    public long PeakMemoryBytes => Log.PeakAboveStartBytes;
+    /// <summary>Whether resident memory was measured so that runs compare (see <see cref="TrainingHarness{TModel, TBatch}"/>'s
+    /// <c>measureMemory</c>).</summary>
+    public bool MemoryMeasured { get; init; }
+
+    /// <summary>How far resident memory rose above its level at the start of training; null when it was not measured.</summary>
+    public long? PeakMemoryBytes => MemoryMeasured ? Log.PeakAboveStartBytes : null;
 
     public override string ToString() =>
         $"{Name} (seed {Seed}): {Metric} {Score:0.####} on {EvaluationExamples:N0} examples, trainable {TrainableParameters:N0}, {TrainingTime.TotalSeconds:0.0} s";
@@ -42,10 +46,16 @@ public sealed record RunResult(string Name, int Seed, double Score, string Metri
 /// <param name="score">The metric on the evaluation set; runs in eval mode without gradients, inside a dispose scope.</param>
 /// <param name="evaluationExamples">The size of the evaluation set <paramref name="score"/> uses (reported with every result).</param>
 /// <param name="metric">The metric's name.</param>
+/// <param name="measureMemory">Measure each run's peak resident memory. Peaks only compare between runs of one process
+/// when glibc hands freed blocks back (<see cref="ProcessMemory.ReturnFreedMemory"/>), which slows tensor code by about a
+/// third, so it is done only when asked (and undone after each run); otherwise results say memory was not measured
+/// rather than show a number that means nothing.</param>
 public sealed class TrainingHarness<TModel, TBatch>(
     Func<int, int, IReadOnlyList<TBatch>> batches, Func<TModel, TBatch, Tensor> loss, Func<TModel, double> score,
-    int evaluationExamples, string metric = "accuracy") where TModel : nn.Module
+    int evaluationExamples, string metric = "accuracy", bool measureMemory = false) where TModel : nn.Module
 {
+    public bool MeasuresMemory { get; } = measureMemory;
+
     public string Metric { get; } = metric;
 
     public int EvaluationExamples { get; } = evaluationExamples > 0 ? evaluationExamples
@@ -66,6 +76,7 @@ public sealed class TrainingHarness<TModel, TBatch>(
         ArgumentNullException.ThrowIfNull(options);
         torch.manual_seed(seed);
         var model = createModel();
+        if (MeasuresMemory) ProcessMemory.ReturnFreedMemory();
         try
         {
             var trainer = new Trainer();
@@ -75,11 +86,12 @@ public sealed class TrainingHarness<TModel, TBatch>(
             // The trainer evaluates after its last step; this holds when a later epoch ran out of batches early.
             double value = log.LastEvaluation is { } last && last.Step == log.Steps[^1].Step && last.Metrics.TryGetValue(Metric, out var v) ? v : Score(model);
             afterTraining?.Invoke(model);
-            return new RunResult(name, seed, value, Metric, EvaluationExamples, log);
+            return new RunResult(name, seed, value, Metric, EvaluationExamples, log) { MemoryMeasured = MeasuresMemory };
         }
         finally
         {
             model.Dispose();
+            if (MeasuresMemory) ProcessMemory.KeepFreedMemory();
         }
     }
 

@@ -192,6 +192,15 @@ public sealed class HonestComparisonTests
 
         var comparison = new MethodComparison("multi-task, LoRA").Add(runs);
         Assert.Equal(2, comparison["LoRA r=2"].Seeds);
+        Assert.Null(comparison["LoRA r=2"].PeakMemoryBytes);        // not asked for, so not shown as a number
+
+        var measuring = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>((seed, epoch) => train.Batches(64, seed: (ulong)seed),
+            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
+            m => 0.5, evaluationExamples: 1, measureMemory: true);
+        var measured = measuring.Run("LoRA r=2", 1, Create, options with { MaxSteps = 5 });
+        Assert.True(measured.MemoryMeasured);
+        Assert.NotNull(measured.PeakMemoryBytes);
+        Assert.NotNull(ComparisonRow.FromRuns([measured]).PeakMemoryBytes);
         Assert.Throws<ArgumentException>(() => harness.RunSeeds("x", [1, 1], Create, options));
     }
 }
