@@ -17,6 +17,7 @@ public static class Formatters
     [
         typeof(PeftHtml), typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
         typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(MethodComparison), typeof(GenericChart),
+        typeof(LossCurves), typeof(LabelledHeatmap), typeof(ClaimVerdict),
     ];
 
     /// <summary>Registers every formatter once per process.</summary>
@@ -40,6 +41,10 @@ public static class Formatters
         Formatter.Register<RankAllocation>((allocation, writer) => writer.Write(HtmlViews.RankAllocation(allocation)), html);
         Formatter.Register<RoutingWeights>((routing, writer) => writer.Write(HtmlViews.Routing(routing)), html);
         Formatter.Register<MethodComparison>((comparison, writer) => writer.Write(HtmlViews.Comparison(comparison)), html);
+        Formatter.Register<LossCurves>((curves, writer) => writer.Write(HtmlViews.LossCurves(curves)), html);
+        Formatter.Register<LabelledHeatmap>((map, writer) => writer.Write(HtmlViews.Heatmap(map)), html);
+        Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(HtmlViews.ClaimVerdict(verdict)), html);
+        Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(verdict.ToString()), PlainTextFormatter.MimeType);
         // Plotly.NET's own GenericChart formatter is a placeholder; charts made in cells render like ours.
         Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.Fragment(chart)), html);
     }

@@ -111,18 +111,53 @@ public static class HtmlViews
             directive.Subcommands.Select(sub => new object?[] { sub.Name, sub.Description,
                 new RawHtml(string.Join("<br/>", sub.Parameters.Select(p => $"{E(p.Name)}{(p.Flag ? " (flag)" : "")}: {E(p.Description)}"))) })) + "</div>";
 
-    /// <summary>A comparison of trained regimes: a table (score, trainable share, time, memory) and the trade-off chart.</summary>
+    /// <summary>A comparison of trained regimes: a table (score as mean ± std over the seeds, each seed's score, trainable
+    /// share, time, memory), the number of seeds and evaluation examples, the trade-off chart, and with several seeds a
+    /// bar chart with error bars and every seed's dot.</summary>
     public static string Comparison(MethodComparison comparison)
     {
         var best = comparison.Best;
-        return "<div class=\"peftsharp-comparison\">" + Line(comparison.Title) + Table(
-            ["regime", comparison.Metric, "trainable parameters", "trainable %", "training time", "peak memory above start"],
-            comparison.Rows.Select(r => new object?[]
+        bool seeded = comparison.Seeds > 1;
+        static string F(double v) => v.ToString("0.####", CultureInfo.InvariantCulture);
+        var headers = new List<string> { "regime", seeded ? $"{comparison.Metric} (mean ± std)" : comparison.Metric };
+        if (seeded) headers.AddRange(["seeds", "per seed"]);
+        headers.AddRange(["trainable parameters", "trainable %", "training time", "peak memory above start"]);
+        return "<div class=\"peftsharp-comparison\">" + Line(comparison.Title) +
+            Line($"{comparison.Basis}{(seeded ? "; ± is the standard deviation over the seeds, error bars ± 1 std" : "")}") + Table(headers,
+            comparison.Rows.Select(r =>
             {
-                r.Name + (r == best ? " (best)" : ""), r.Score.ToString("0.####", CultureInfo.InvariantCulture),
-                r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture), r.TrainablePercent.ToString("0.###", CultureInfo.InvariantCulture),
-                $"{r.TrainingTime.TotalSeconds:0.0} s", Bytes(r.PeakMemoryBytes),
-            })) + ChartHtml.Fragment(PeftCharts.Comparison(comparison)) + "</div>";
+                var cells = new List<object?> { r.Name + (r == best ? " (best)" : ""), r.Seeds > 1 ? $"{F(r.Score)} ± {F(r.StandardDeviation)}" : F(r.Score) };
+                if (seeded) cells.AddRange([r.Seeds.ToString(CultureInfo.InvariantCulture), string.Join(", ", r.Scores.Select(F))]);
+                cells.AddRange([r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture), r.TrainablePercent.ToString("0.###", CultureInfo.InvariantCulture),
+                    $"{r.TrainingTime.TotalSeconds:0.0} s", r.PeakMemoryBytes is long bytes ? Bytes(bytes) : "not measured"]);
+                return cells;
+            })) + ChartHtml.Fragment(PeftCharts.Comparison(comparison)) + (seeded ? ChartHtml.Fragment(PeftCharts.ScoreBars(comparison)) : "") + "</div>";
+    }
+
+    /// <summary>Loss bands of several regimes: one line per regime (final mean ± std, runs) and the overlay chart.</summary>
+    public static string LossCurves(LossCurves curves) =>
+        "<div class=\"peftsharp-loss-curves\">" + Line(curves.Title) + Table(["regime", "runs", "final loss (mean ± std)", "mean loss over the run (mean ± std)"],
+            curves.Bands.Select(b => new object?[]
+            {
+                b.Name, b.Runs, $"{b.FinalMean:0.####} ± {b.StandardDeviation[^1]:0.####}",
+                $"{SeedStatistics.Mean(b.RunMeanLosses):0.####} ± {SeedStatistics.StandardDeviation(b.RunMeanLosses):0.####}",
+            })) + ChartHtml.Fragment(PeftCharts.LossBands(curves)) + "</div>";
+
+    /// <summary>A labelled heatmap: its one-line summary and the chart.</summary>
+    public static string Heatmap(LabelledHeatmap map) =>
+        "<div class=\"peftsharp-heatmap\">" + Line(map.ToString()) + ChartHtml.Fragment(PeftCharts.Heatmap(map)) + "</div>";
+
+    /// <summary>A claim's verdict: the claim, its source, the outcome in words and the per-seed differences, in a box
+    /// coloured by the outcome (green held, red did not hold, grey within the noise).</summary>
+    public static string ClaimVerdict(ClaimVerdict verdict)
+    {
+        var colour = verdict.Outcome switch { ClaimOutcome.Held => "#2ca02c", ClaimOutcome.DidNotHold => "#d62728", _ => "#7f7f7f" };
+        var claim = verdict.Claim.Statement + (verdict.Claim.Source.Length > 0 ? $" ({verdict.Claim.Source})" : "");
+        return $"<div class=\"peftsharp-claim peftsharp-claim-{verdict.Outcome.ToString().ToLowerInvariant()}\" style=\"border-left:4px solid {colour};padding:2px 8px;margin:4px 0\">" +
+            $"<div><b>claim:</b> {E(claim)}</div><div><b>verdict:</b> {E(verdict.Summary)}</div>" +
+            Line($"{verdict.Treatment} {verdict.TreatmentMean:0.####}, {verdict.Baseline} {verdict.BaselineMean:0.####}; per seed Δ = " +
+                 string.Join(", ", verdict.Differences.Select(d => d.ToString("+0.####;-0.####;0", CultureInfo.InvariantCulture))) +
+                 $"; a direction counts only when Δ is more than {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences past the threshold ({(verdict.Margin > 0 ? $"-{verdict.Margin:0.####}" : "0")})") + "</div>";
     }
 
     /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>

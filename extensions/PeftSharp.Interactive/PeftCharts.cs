@@ -81,15 +81,95 @@ public static class PeftCharts
     }
 
     /// <summary>Score against trainable parameters (log scale), one labelled point per regime: the trade-off every PEFT
-    /// paper draws.</summary>
+    /// paper draws. With several seeds a point is the mean and its error bar ± one standard deviation over the seeds;
+    /// the title says how many seeds and evaluation examples stand behind the points.</summary>
     public static GenericChart Comparison(MethodComparison comparison)
     {
         ArgumentNullException.ThrowIfNull(comparison);
-        var points = comparison.Rows.Select(r => Chart.Point<long, double, string>([r.TrainableParameters], [r.Score], Name: r.Name,
-            MultiText: new[] { $"{r.Name}: {r.Score:0.###} ({r.TrainablePercent:0.##}% trainable)" }, TextPosition: StyleParam.TextPosition.TopCenter)).ToList();
-        var chart = Style(Chart.Combine(points), comparison.Title, "trainable parameters (log scale)", comparison.Metric);
+        var points = comparison.Rows.Select(r =>
+        {
+            var point = Chart.Point<long, double, string>([r.TrainableParameters], [r.Score], Name: r.Name,
+                MultiText: new[] { $"{r.Name}: {Mean(r)} ({r.TrainablePercent:0.##}% trainable)" }, TextPosition: StyleParam.TextPosition.TopCenter);
+            return r.Seeds > 1 ? WithErrorBars(point, [r.StandardDeviation]) : point;
+        }).ToList();
+        var chart = Style(Chart.Combine(points), Titled(comparison), "trainable parameters (log scale)", comparison.Metric);
         return chart.WithXAxisStyle<double, double, string>(AxisType: StyleParam.AxisType.Log);
     }
+
+    /// <summary>One bar per regime at its mean score with an error bar of ± one standard deviation over the seeds, and
+    /// each seed's own score as a dot on its bar, so the spread is visible and not only summarised.</summary>
+    public static GenericChart ScoreBars(MethodComparison comparison)
+    {
+        ArgumentNullException.ThrowIfNull(comparison);
+        var names = comparison.Rows.Select(r => r.Name).ToArray();
+        var bars = WithErrorBars(Chart.Column<double, string, string>(comparison.Rows.Select(r => r.Score), Keys: names, Name: "mean",
+            MultiText: comparison.Rows.Select(Mean).ToArray()), comparison.Rows.Select(r => r.StandardDeviation));
+        var seeds = Chart.Point<string, double, string>(comparison.Rows.SelectMany(r => r.Scores.Select(_ => r.Name)),
+            comparison.Rows.SelectMany(r => r.Scores), Name: "one seed", MarkerColor: Color.fromString("black"));
+        return Style(Chart.Combine([bars, seeds]), Titled(comparison), "regime", comparison.Metric);
+    }
+
+    /// <summary>Training loss against step for several regimes: each regime's mean over its seeds as a line and
+    /// mean ± one standard deviation as a shaded band of the same colour.</summary>
+    public static GenericChart LossBands(LossCurves curves)
+    {
+        ArgumentNullException.ThrowIfNull(curves);
+        var traces = new List<GenericChart>();
+        foreach (var (band, i) in curves.Bands.Select((b, i) => (b, i)))
+        {
+            var (line, fill) = (Palette[i % Palette.Length], Fill(Palette[i % Palette.Length]));
+            var upper = band.Mean.Zip(band.StandardDeviation, (m, s) => m + s).ToArray();
+            var lower = band.Mean.Zip(band.StandardDeviation, (m, s) => m - s).ToArray();
+            // Plotly fills "tonexty" down to the trace drawn just before: upper edge first, then the lower edge filled up to it.
+            traces.Add(Chart.Line<int, double, string>(band.Steps, upper, ShowLegend: false, LineColor: Color.fromString(fill), LineWidth: 0));
+            traces.Add(Chart.Line<int, double, string>(band.Steps, lower, ShowLegend: false, LineColor: Color.fromString(fill), LineWidth: 0,
+                Fill: StyleParam.Fill.ToNext_y, FillColor: Color.fromString(fill)));
+            traces.Add(Chart.Line<int, double, string>(band.Steps, band.Mean, Name: $"{band.Name} ({band.Runs} run{(band.Runs == 1 ? "" : "s")})",
+                LineColor: Color.fromString(line)));
+        }
+        int smoothing = curves.Bands.Max(b => b.Smoothing);
+        var title = $"{curves.Title} (mean ± std over seeds{(smoothing > 1 ? $", each run averaged over {smoothing} steps" : "")})";
+        return Style(Chart.Combine(traces), title, "step", "training loss");
+    }
+
+    /// <summary>A labelled heatmap, rows top to bottom; values of both signs get a diverging colour scale centred on
+    /// zero, so a negative weight reads differently from a small positive one.</summary>
+    public static GenericChart Heatmap(LabelledHeatmap map)
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        var z = map.Values.Select(r => r.ToArray()).ToArray();
+        var chart = Chart.Heatmap<double, string, string, string>(z, X: map.Columns.ToArray(), Y: map.Rows.ToArray(), Name: map.ValueKind,
+            ReverseYAxis: true, ColorScale: map.HasBothSigns ? StyleParam.Colorscale.RdBu : StyleParam.Colorscale.Viridis,
+            ReverseScale: map.HasBothSigns);
+        if (map.HasBothSigns)
+        {
+            double limit = Math.Max(Math.Abs(map.Min), Math.Abs(map.Max));
+            chart = GenericChart.mapTrace(FuncConvert.FromFunc<Trace, Trace>(trace =>
+            {
+                trace.SetProperty("zmid", 0.0);
+                trace.SetProperty("zmin", -limit);
+                trace.SetProperty("zmax", limit);
+                return trace;
+            }), chart);
+        }
+        return Style(chart, map.Title, map.ColumnKind, map.RowKind);
+    }
+
+    // D3's category10, the colours Plotly itself cycles through.
+    static readonly string[] Palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+    static string Fill(string hex) =>
+        $"rgba({Convert.ToInt32(hex[1..3], 16)},{Convert.ToInt32(hex[3..5], 16)},{Convert.ToInt32(hex[5..7], 16)},0.2)";
+
+    static string Mean(ComparisonRow r) => r.Seeds > 1 ? $"{r.Score:0.###} ± {r.StandardDeviation:0.###}" : $"{r.Score:0.###}";
+
+    static string Titled(MethodComparison comparison) =>
+        $"{comparison.Title} ({(comparison.Seeds > 1 ? "mean ± std, " : "")}{comparison.Basis})";
+
+    /// <summary>Symmetric error bars of the given lengths on the chart's trace(s).</summary>
+    static GenericChart WithErrorBars(GenericChart chart, IEnumerable<double> lengths) =>
+        Plotly.NET.Chart.withYErrorStyle<double, double>(Visible: true, Type: StyleParam.ErrorType.Data, Symmetric: true, Array: lengths.ToArray(),
+            Arrayminus: null, Value: null, Valueminus: null, Traceref: null, Tracerefminus: null, Copy_ystyle: null, Color: null, Thickness: null, Width: null).Invoke(chart);
 
     static GenericChart Style(GenericChart chart, string title, string xTitle, string yTitle)
     {

@@ -11,6 +11,7 @@ static class Cli
         usage:
           run notebooks [PATH...]           execute notebooks with the .NET Interactive kernel, write them and report.html
                 [--out DIR] [--timeout S]     (default: notebooks/ -> artifacts/notebooks, 300 s per cell)
+                [--full]                      the notebooks' full setting (PEFTSHARP_FULL=1) instead of the quick one
           methods [--json]                  list the methods the library has
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
@@ -86,7 +87,7 @@ sealed class Arguments
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
         or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr";
 
-    static bool IsFlag(string name) => name is "json" or "quick" or "help";
+    static bool IsFlag(string name) => name is "json" or "quick" or "help" or "full";
 
     /// <summary>Options given that no command knows.</summary>
     public IEnumerable<string> UnknownOptions => _options.Keys.Where(n => !IsValued(n) && !IsFlag(n));

@@ -128,6 +128,19 @@ public sealed class NotebookTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Run_notebooks_full_gives_the_kernel_the_full_setting_and_says_so()
+    {
+        var dir = Repository.NewTempDirectory();
+        var notebook = Path.Combine(dir, "setting.dib");
+        File.WriteAllText(notebook, "#!csharp\n\nConsole.WriteLine($\"setting: [{Environment.GetEnvironmentVariable(\"PEFTSHARP_FULL\")}]\");\n");
+        var (code, stdout, stderr) = await Repository.Lab("run", "notebooks", notebook, "--out", Path.Combine(dir, "out"), "--full");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("full setting", stdout);
+        Assert.Contains("setting: [1]", File.ReadAllText(Path.Combine(dir, "out", "setting.ipynb")));
+        Assert.Null(Environment.GetEnvironmentVariable("PEFTSHARP_FULL"));   // put back: later notebooks here run quick
+    }
+
+    [Fact]
     public async Task A_cell_past_the_time_limit_fails_with_a_timeout()
     {
         var dir = Repository.NewTempDirectory();

@@ -4,9 +4,11 @@ using PeftSharp.Lab.Notebooks;
 namespace PeftSharp.Lab.Commands;
 
 /// <summary>
-/// <c>run notebooks [paths...] [--out DIR] [--timeout SECONDS]</c>: executes notebooks (default: every .ipynb and
+/// <c>run notebooks [paths...] [--out DIR] [--timeout SECONDS] [--full]</c>: executes notebooks (default: every .ipynb and
 /// .dib under the repository's notebooks/ folder) with the real .NET Interactive C# kernel, writes the executed
 /// notebooks and report.html to the output folder, and exits 1 naming the notebook, cell and error of any failure.
+/// <c>--full</c> runs the notebooks' full setting: the kernels run in this process, so setting
+/// <see cref="PeftSharp.Training.RunSettings.FullVariable"/> here is what their settings cells read.
 /// </summary>
 static class RunNotebooksCommand
 {
@@ -22,8 +24,24 @@ static class RunNotebooksCommand
             throw new ArgumentException($"No notebooks (.ipynb or .dib) found in {string.Join(", ", paths)}.");
         var output = Path.GetFullPath(arguments.Text("out") ?? Path.Combine(root ?? ".", "artifacts", "notebooks"));
         var timeout = TimeSpan.FromSeconds(arguments.Int("timeout", 300));
+        // The kernels run in this process: set the switch for them, and put it back afterwards (a host that runs the
+        // command in-process, as the tests do, keeps its own setting).
+        const string fullVariable = PeftSharp.Training.RunSettings.FullVariable;
+        var previousSetting = Environment.GetEnvironmentVariable(fullVariable);
+        if (arguments.Flag("full")) Environment.SetEnvironmentVariable(fullVariable, "1");
+        try
+        {
+            return await RunAllAsync(notebooks, output, timeout, stdout, stderr);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(fullVariable, previousSetting);
+        }
+    }
 
-        stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, output in {output}");
+    static async Task<int> RunAllAsync(List<FileInfo> notebooks, string output, TimeSpan timeout, TextWriter stdout, TextWriter stderr)
+    {
+        stdout.WriteLine($"notebooks: {notebooks.Count} to run, at most {timeout.TotalSeconds:0} s per cell, {(PeftSharp.Training.RunSettings.Full ? "full" : "quick")} setting, output in {output}");
         var clock = Stopwatch.StartNew();
         var runner = new NotebookRunner(timeout, output, stdout);
         var results = new List<NotebookResult>();

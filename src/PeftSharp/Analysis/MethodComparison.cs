@@ -2,23 +2,66 @@ using PeftSharp.Training;
 
 namespace PeftSharp.Analysis;
 
-/// <summary>One trained regime in a comparison: what it trained and what it scored.</summary>
+/// <summary>
+/// One trained regime in a comparison: what it trained and what it scored, once per seed.
+/// </summary>
 /// <param name="Name">e.g. "LoRA r=8 (query, value)" or "full fine-tuning".</param>
 /// <param name="TrainableParameters">Parameters that received gradients.</param>
 /// <param name="AllParameters">Parameters of the whole model (for the share).</param>
-/// <param name="Score">The metric on held-out data (see <see cref="MethodComparison.Metric"/>).</param>
-/// <param name="TrainingTime">Wall time of training (not of evaluation).</param>
-/// <param name="PeakMemoryBytes">How far resident memory rose above its level at the start of training.</param>
-public sealed record ComparisonRow(string Name, long TrainableParameters, long AllParameters, double Score, TimeSpan TrainingTime, long PeakMemoryBytes)
+/// <param name="Scores">The metric on held-out data (see <see cref="MethodComparison.Metric"/>), one per seed, in the
+/// order of <see cref="SeedValues"/>; rows compared seed by seed (<see cref="Claim"/>) must list the same seeds in the
+/// same order.</param>
+/// <param name="TrainingTime">Mean wall time of training over the seeds (not of evaluation).</param>
+/// <param name="PeakMemoryBytes">How far resident memory rose above its level at the start of training (the largest
+/// over the seeds); null when it was not measured.</param>
+public sealed record ComparisonRow(string Name, long TrainableParameters, long AllParameters, IReadOnlyList<double> Scores, TimeSpan TrainingTime, long? PeakMemoryBytes)
 {
+    /// <summary>A row of one run (one seed): what single-seed notebooks record.</summary>
+    public ComparisonRow(string name, long trainableParameters, long allParameters, double score, TimeSpan trainingTime, long peakMemoryBytes)
+        : this(name, trainableParameters, allParameters, [score], trainingTime, peakMemoryBytes) { }
+
+    public IReadOnlyList<double> Scores { get; init; } = Scores is { Count: > 0 } && Scores.All(double.IsFinite)
+        ? Scores : throw new ArgumentException($"Row '{Name}' needs at least one finite score (got [{string.Join(", ", Scores ?? [])}]).", nameof(Scores));
+
+    /// <summary>The seeds behind <see cref="Scores"/>, when known (rows from <see cref="TrainingHarness{TModel, TBatch}"/> know them).</summary>
+    public IReadOnlyList<int>? SeedValues { get; init; }
+
     public double TrainablePercent => AllParameters == 0 ? 0 : 100.0 * TrainableParameters / AllParameters;
+
+    /// <summary>The mean score over the seeds (the score itself for one seed).</summary>
+    public double Score => SeedStatistics.Mean(Scores);
+
+    /// <summary>Number of seeds (runs) behind the row.</summary>
+    public int Seeds => Scores.Count;
+
+    /// <summary>Sample standard deviation of the scores over the seeds (0 for one seed): the error bar.</summary>
+    public double StandardDeviation => SeedStatistics.StandardDeviation(Scores);
+
+    /// <summary>Standard error of the mean score, sd / √n.</summary>
+    public double StandardError => SeedStatistics.StandardError(Scores);
+
+    /// <summary>The row from several runs of one regime (one per seed), in seed order.</summary>
+    public static ComparisonRow FromRuns(IReadOnlyList<RunResult> runs)
+    {
+        ArgumentNullException.ThrowIfNull(runs);
+        if (runs.Count == 0) throw new ArgumentException("A row needs at least one run.", nameof(runs));
+        if (runs.Select(r => r.Name).Distinct().Count() > 1)
+            throw new ArgumentException($"The runs of one row share a name; got {string.Join(", ", runs.Select(r => $"'{r.Name}'").Distinct())}.", nameof(runs));
+        var ordered = runs.OrderBy(r => r.Seed).ToList();
+        if (ordered.Select(r => r.Seed).Distinct().Count() != ordered.Count)
+            throw new ArgumentException($"'{runs[0].Name}' has two runs with the same seed: each seed counts once.", nameof(runs));
+        return new ComparisonRow(runs[0].Name, runs[0].TrainableParameters, runs[0].AllParameters, ordered.Select(r => r.Score).ToArray(),
+            TimeSpan.FromTicks((long)ordered.Average(r => r.TrainingTime.Ticks)), ordered.All(r => r.PeakMemoryBytes is not null) ? ordered.Max(r => r.PeakMemoryBytes) : null)
+        { SeedValues = ordered.Select(r => r.Seed).ToArray() };
+    }
 }
 
 /// <summary>
 /// Regimes or methods trained on the same task, side by side: the record behind "accuracy against trainable parameters"
-/// tables and charts. Rows keep the order they were added in.
+/// tables and charts, with each row's scores per seed (mean, standard deviation, error bars) and the size of the
+/// evaluation set, so a reader can judge which gaps are noise. Rows keep the order they were added in.
 /// </summary>
-public sealed class MethodComparison(string title, string metric = "accuracy", bool higherIsBetter = true)
+public sealed class MethodComparison(string title, string metric = "accuracy", bool higherIsBetter = true, int? evaluationExamples = null)
 {
     readonly List<ComparisonRow> _rows = [];
 
@@ -29,7 +72,15 @@ public sealed class MethodComparison(string title, string metric = "accuracy", b
 
     public bool HigherIsBetter { get; } = higherIsBetter;
 
+    /// <summary>How many held-out examples each score was measured on (null when not stated; runs from
+    /// <see cref="TrainingHarness{TModel, TBatch}"/> state it).</summary>
+    public int? EvaluationExamples { get; private set; } = evaluationExamples is null or > 0 ? evaluationExamples
+        : throw new ArgumentOutOfRangeException(nameof(evaluationExamples), evaluationExamples, "The evaluation set has at least one example.");
+
     public IReadOnlyList<ComparisonRow> Rows => _rows;
+
+    /// <summary>The largest number of seeds behind any row (0 when empty).</summary>
+    public int Seeds => _rows.Count == 0 ? 0 : _rows.Max(r => r.Seeds);
 
     public MethodComparison Add(ComparisonRow row)
     {
@@ -44,6 +95,26 @@ public sealed class MethodComparison(string title, string metric = "accuracy", b
     public MethodComparison Add(string name, TrainingLog log, double score) =>
         Add(new ComparisonRow(name, log.TrainableParameters, log.AllParameters, score, log.Duration, log.PeakAboveStartBytes));
 
-    /// <summary>The row with the best score, or null when empty.</summary>
+    /// <summary>Adds one row from the runs of one regime over several seeds (see <see cref="ComparisonRow.FromRuns"/>),
+    /// and takes the evaluation set size from them.</summary>
+    public MethodComparison Add(IReadOnlyList<RunResult> runs)
+    {
+        var row = ComparisonRow.FromRuns(runs);
+        int examples = runs[0].EvaluationExamples;
+        if (runs.Any(r => r.EvaluationExamples != examples) || (EvaluationExamples is int stated && stated != examples))
+            throw new ArgumentException($"'{row.Name}' was evaluated on {examples} examples but the comparison's rows on {EvaluationExamples}: compare on one evaluation set.", nameof(runs));
+        EvaluationExamples = examples;
+        return Add(row);
+    }
+
+    /// <summary>The row named <paramref name="name"/>; throws listing the names when there is none.</summary>
+    public ComparisonRow this[string name] => _rows.FirstOrDefault(r => r.Name == name)
+        ?? throw new KeyNotFoundException($"No row named '{name}'; the rows are {string.Join(", ", _rows.Select(r => $"'{r.Name}'"))}.");
+
+    /// <summary>The row with the best mean score, or null when empty.</summary>
     public ComparisonRow? Best => _rows.Count == 0 ? null : HigherIsBetter ? _rows.MaxBy(r => r.Score) : _rows.MinBy(r => r.Score);
+
+    /// <summary>"n seeds, m evaluation examples" (or what of it is known), for titles and captions.</summary>
+    public string Basis => (Seeds == 1 ? "1 seed" : $"{Seeds} seeds") +
+        (EvaluationExamples is int n ? $", {n:N0} evaluation examples" : "");
 }
