@@ -182,16 +182,19 @@ public sealed class MagicCommandTests
         Assert.Contains("cannot be merged", await k.Fails("#!peft merge --model gptPeft --adapters default"));
     }
 
+    /// <summary>What the kernel offers at the end of <paramref name="code"/>.</summary>
+    static async Task<IReadOnlyList<string>> Completions(TestKernel k, string code)
+    {
+        var result = await k.Root.SendAsync(new RequestCompletions(code, new Microsoft.DotNet.Interactive.LinePosition(0, code.Length)));
+        return result.Events.OfType<CompletionsProduced>().SelectMany(c => c.Completions).Select(c => c.DisplayText).ToList();
+    }
+
     [Fact]
     public async Task Completions_offer_method_names_and_model_variables()
     {
         using var k = await TestKernel.StartAsync();
         await k.Ok(NewModel);
-        async Task<IReadOnlyList<string>> Complete(string code)
-        {
-            var result = await k.Root.SendAsync(new RequestCompletions(code, new Microsoft.DotNet.Interactive.LinePosition(0, code.Length)));
-            return result.Events.OfType<CompletionsProduced>().SelectMany(c => c.Completions).Select(c => c.DisplayText).ToList();
-        }
+        Task<IReadOnlyList<string>> Complete(string code) => Completions(k, code);
         Assert.Contains("lora", await Complete("#!peft attach --method "));
         Assert.Contains("model", await Complete("#!peft summary --model "));
         Assert.Contains("attach", await Complete("#!peft "));
@@ -202,11 +205,7 @@ public sealed class MagicCommandTests
     {
         using var k = await TestKernel.StartAsync();
         await k.Ok(NewModel);
-        async Task<IReadOnlyList<string>> Complete(string code)
-        {
-            var result = await k.Root.SendAsync(new RequestCompletions(code, new Microsoft.DotNet.Interactive.LinePosition(0, code.Length)));
-            return result.Events.OfType<CompletionsProduced>().SelectMany(c => c.Completions).Select(c => c.DisplayText).ToList();
-        }
+        Task<IReadOnlyList<string>> Complete(string code) => Completions(k, code);
         var pfeiffer = await Complete("#!peft attach --model model --method pfeiffer --");
         Assert.Contains("--reduction", pfeiffer);
         Assert.Contains("--residual", pfeiffer);

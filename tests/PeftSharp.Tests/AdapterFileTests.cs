@@ -21,7 +21,7 @@ public sealed class AdapterFileTests
     }
 
     /// <summary>A valid adapter directory (LoRA r=4 on lin0, lin1 of the MLP) to damage.</summary>
-    static string SavedAdapter(LoraConfig? config = null)
+    internal static string SavedAdapter(LoraConfig? config = null)
     {
         var peft = PeftModel.Create(NewMlp(), config ?? new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4 });
         Tensors.PerturbAdapters(peft, "default");

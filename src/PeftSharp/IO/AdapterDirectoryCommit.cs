@@ -9,7 +9,7 @@ namespace PeftSharp.IO;
 /// staged files were complete) and otherwise deletes staged files, and removes temporaries left by earlier versions.
 /// Other files and subfolders of the directory (other adapters) are not touched.
 /// </summary>
-public static class AdapterDirectoryCommit
+internal static class AdapterDirectoryCommit
 {
     /// <summary>Present while the staged files are being renamed into place.</summary>
     public const string MarkerName = ".peftsharp-commit";

@@ -7,7 +7,7 @@ namespace PeftSharp.IO;
 /// a device such as /dev/zero never ends) and no larger than its limit (a damaged or hostile file would otherwise be
 /// read whole, for minutes, into an OutOfMemoryException).
 /// </summary>
-public static class AdapterFileGuard
+internal static class AdapterFileGuard
 {
     /// <summary>The largest <c>adapter_config.json</c> read (PEFT's are a few kilobytes).</summary>
     public const long MaxConfigBytes = 1_000_000;

@@ -7,7 +7,7 @@ namespace PeftSharp.IO;
 /// Reads the embedded (manifest) resources of a .NET assembly file without loading the assembly: its code never runs,
 /// and its dependencies need not be present.
 /// </summary>
-public static class ManagedResources
+internal static class ManagedResources
 {
     /// <summary>The names of the resources embedded in <paramref name="assemblyPath"/>.</summary>
     public static IReadOnlyList<string> Names(string assemblyPath)

@@ -7,7 +7,7 @@ public sealed class PackageNotFoundException(string message) : FileNotFoundExcep
 /// Finds packages in the NuGet global packages folder, where <c>dotnet restore</c> puts them: the folder named by the
 /// <c>NUGET_PACKAGES</c> environment variable, else <c>~/.nuget/packages</c>. Nothing here reaches the network.
 /// </summary>
-public static class NuGetPackages
+internal static class NuGetPackages
 {
     /// <summary>The global packages folder restore uses on this machine (it may not exist yet).</summary>
     public static string GlobalPackagesFolder()

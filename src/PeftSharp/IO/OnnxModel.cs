@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace PeftSharp.IO;
 
 /// <summary>A constant tensor of an ONNX graph (an <c>initializer</c>): name, shape, element type and its bytes.</summary>
-public sealed record OnnxInitializer(string Name, long[] Shape, int DataType, ReadOnlyMemory<byte> Data)
+internal sealed record OnnxInitializer(string Name, long[] Shape, int DataType, ReadOnlyMemory<byte> Data)
 {
     /// <summary>ONNX <c>TensorProto.DataType</c> codes this reader turns into tensors.</summary>
     public const int Float = 1, Int32 = 6, Int64 = 7;
@@ -35,7 +35,7 @@ public sealed record OnnxInitializer(string Name, long[] Shape, int DataType, Re
 }
 
 /// <summary>A node of an ONNX graph: operator type and the names of its inputs and outputs.</summary>
-public sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs);
+internal sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs);
 
 /// <summary>
 /// The parts of an ONNX model (<c>ModelProto</c>) needed to take its weights: the graph's nodes, initializers and the
@@ -43,7 +43,7 @@ public sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> 
 /// dependency); tensors keep pointing into the file's bytes until <see cref="OnnxInitializer.ToTensor"/> copies them.
 /// Field numbers follow onnx.proto (opset-independent). External-data models are not supported.
 /// </summary>
-public sealed class OnnxModel
+internal sealed class OnnxModel
 {
     OnnxModel(IReadOnlyList<OnnxNode> nodes, IReadOnlyDictionary<string, OnnxInitializer> initializers, IReadOnlyList<string> inputs, IReadOnlyList<string> outputs)
     {

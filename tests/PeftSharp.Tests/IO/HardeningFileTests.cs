@@ -23,14 +23,7 @@ public sealed class HardeningFileTests
         return new Mlp();
     }
 
-    static string SavedAdapter()
-    {
-        var peft = PeftModel.Create(NewMlp(), new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4 });
-        Tensors.PerturbAdapters(peft, "default");
-        var directory = TempDirectory.Create();
-        peft.Save(directory);
-        return directory;
-    }
+    static string SavedAdapter() => AdapterFileTests.SavedAdapter();
 
     static string Weights(string directory) => Path.Combine(directory, AdapterFiles.WeightsFileName);
 

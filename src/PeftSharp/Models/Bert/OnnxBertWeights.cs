@@ -11,7 +11,7 @@ namespace PeftSharp.Models.Bert;
 /// its name from the bias that the next <c>Add</c> adds to the MatMul's output (<c>X.bias</c> gives <c>X.weight</c>) and
 /// is transposed to PyTorch's (out, in).
 /// </summary>
-public static class OnnxBertWeights
+internal static class OnnxBertWeights
 {
     static readonly string[] Roots = ["embeddings.", "encoder.", "pooler."];
 
