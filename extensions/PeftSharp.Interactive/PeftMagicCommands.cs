@@ -54,8 +54,9 @@ public sealed class PeftMagicCommands
             if (extra is not null)
             {
                 var closest = Subcommands.OrderBy(s => TargetMatcher.Levenshtein(s, extra)).First();
-                context.Fail(command, message: $"#!peft: unknown subcommand '{extra}'{(TargetMatcher.Levenshtein(closest, extra) <= 3 ? $" (did you mean {closest}?)" : "")}; " +
-                                               $"the subcommands are {string.Join(", ", Subcommands)}.");
+                var message = $"#!peft: unknown subcommand '{extra}'{(TargetMatcher.Levenshtein(closest, extra) <= 3 ? $" (did you mean {closest}?)" : "")}; " +
+                              $"the subcommands are {string.Join(", ", Subcommands)}.";
+                if (!Mistake.Capture(message)) context.Fail(command, message: message);
                 return Task.CompletedTask;
             }
             Show(context, HtmlViews.DirectiveHelp(root));
@@ -100,7 +101,8 @@ public sealed class PeftMagicCommands
             }
             catch (Exception e) when (IsUsageError(e))
             {
-                context.Fail(command, message: $"#!peft {name}: {UserMessage(e)}");
+                var message = $"#!peft {name}: {UserMessage(e)}";
+                if (!Mistake.Capture(message)) context.Fail(command, message: message);   // Mistake.Show displays it instead
             }
         });
     }

@@ -128,3 +128,23 @@ public sealed class MalformedInputTests(ITestOutputHelper output)
         for (int i = 0; i < count; i++) yield return makers[random.Next(makers.Length)]();
     }
 }
+
+public sealed class MistakeTests
+{
+    [Fact]
+    public async Task Mistake_Show_displays_the_exact_failure_message_and_the_cell_succeeds()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok("var model = new Mlp(16, 32, 8);");
+        var direct = await k.Fails("#!peft attach --model modle --targets lin0");
+        var events = await k.Submit("await Mistake.Show(\"#!peft attach --model modle --targets lin0\");");
+        var root = events.OfType<CommandFailed>().Where(f => f.Command is SubmitCode s && s.Code.StartsWith("await", StringComparison.Ordinal)).ToList();
+        Assert.True(root.Count == 0, string.Join("\n", events.Select(e => $"{e.GetType().Name} {e.Command.GetType().Name} {(e.Command as SubmitCode)?.Code} {e.Command.Parent?.GetType().Name}")));
+        Assert.Contains(events, e => e is CommandSucceeded s && s.Command is SubmitCode c && c.Code.StartsWith("await", StringComparison.Ordinal));
+        var html = TestKernel.Html(events);
+        Assert.Contains("this fails, on purpose", html);
+        Assert.Contains(direct, html);
+        // Code that works is not a mistake: the cell says so and fails.
+        Assert.Contains("ran without an error", await k.Fails("await Mistake.Show(\"#!peft methods\");"));
+    }
+}
