@@ -21,10 +21,6 @@ public static class ChartHtml
     /// <summary>The attribute that marks the script tag carrying plotly.js (the Lab's report drops it: its head has one).</summary>
     public const string LoaderAttribute = "data-peftsharp-plotly";
 
-    /// <summary>Plotly's own MIME type: the figure JSON, for front ends that bundle plotly.js (JupyterLab with plotly's
-    /// extension, VS Code's notebook renderers).</summary>
-    public const string PlotlyMimeType = "application/vnd.plotly.v1+json";
-
     static int _counter;
 
     /// <summary>An HTML fragment (div + script) that draws <paramref name="chart"/> once plotly.js is on the page.</summary>
@@ -59,13 +55,6 @@ public static class ChartHtml
         PlotlyJs() +
         "\n} finally { window.define = savedDefine; } })(); }\n" +
         "(window.peftsharpPending || []).splice(0).forEach(function (draw) { draw(window.Plotly); });\n</script>";
-
-    /// <summary>The figure as Plotly's MIME bundle expects it: {"data": [...], "layout": {...}}.</summary>
-    public static string FigureJson(GenericChart chart)
-    {
-        ArgumentNullException.ThrowIfNull(chart);
-        return GenericChart.toFigureJson(chart);
-    }
 
     static string? Title(GenericChart chart)
     {

@@ -40,11 +40,10 @@ public static class Formatters
         Formatter.Register<RankAllocation>((allocation, writer) => writer.Write(HtmlViews.RankAllocation(allocation)), html);
         Formatter.Register<RoutingWeights>((routing, writer) => writer.Write(HtmlViews.Routing(routing)), html);
         Formatter.Register<MethodComparison>((comparison, writer) => writer.Write(HtmlViews.Comparison(comparison)), html);
-        // Plotly.NET's own GenericChart formatter loads plotly.js from a CDN; charts made in cells render like ours, and also
-        // carry Plotly's MIME type, which front ends with a bundled plotly.js (JupyterLab's plotly extension, VS Code's
-        // renderers) draw even where scripts in HTML do not run. Front ends without it keep using the HTML.
+        // Plotly.NET's own GenericChart formatter loads plotly.js from a CDN; charts made in cells render like ours. (Plotly's
+        // MIME type application/vnd.plotly.v1+json is not offered beside it: dotnet-interactive 1.0.712001's Jupyter bridge
+        // sends that value as a JSON string, not the figure object plotly's JupyterLab renderer needs, and a front end that
+        // picked it would draw nothing.)
         Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.Fragment(chart)), html);
-        Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.FigureJson(chart)), ChartHtml.PlotlyMimeType);
-        Formatter.SetPreferredMimeTypesFor(typeof(GenericChart), html, ChartHtml.PlotlyMimeType);
     }
 }
