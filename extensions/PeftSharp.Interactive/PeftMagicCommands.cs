@@ -48,15 +48,9 @@ public sealed class PeftMagicCommands
         _kernel.AddDirective(root, (command, context) =>
         {
             // The kernel routes an unknown subcommand without parameters (#!peft lora) here: say so instead of the help.
-            var nodeProperty = command.GetType().GetProperty("DirectiveNode", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic);
-            var text = nodeProperty?.GetValue(command) is { } node ? node.GetType().GetProperty("Text")?.GetValue(node) as string : null;
-            var extra = text is null ? null : Words(text).SkipWhile(w => w != DirectiveName).Skip(1).FirstOrDefault();
-            if (extra is not null)
+            if (DirectiveInput.UnknownSubcommand(command, Words, Subcommands) is { } unknown)
             {
-                var closest = Subcommands.OrderBy(s => TargetMatcher.Levenshtein(s, extra)).First();
-                var message = $"#!peft: unknown subcommand '{extra}'{(TargetMatcher.Levenshtein(closest, extra) <= 3 ? $" (did you mean {closest}?)" : "")}; " +
-                              $"the subcommands are {string.Join(", ", Subcommands)}.";
-                if (!Mistake.Capture(message)) context.Fail(command, message: message);
+                if (!Mistake.Capture(unknown)) context.Fail(command, message: unknown);
                 return Task.CompletedTask;
             }
             Show(context, HtmlViews.DirectiveHelp(root));
@@ -117,38 +111,15 @@ public sealed class PeftMagicCommands
         var node = DirectiveNodeProperty?.GetValue(command);
         var text = node?.GetType().GetProperty("Text")?.GetValue(node) as string;
         if (text is null) return;
-        // An unclosed quote would otherwise swallow the rest of the line into one value.
-        if (text.Where((c, i) => c == '"' && (i == 0 || text[i - 1] != '\\')).Count() % 2 == 1)
-            throw new ArgumentException($"a quote is not closed in '{text.Trim()}'; put a \" at both ends of a value (--targets \"re:lin.*\").");
+        DirectiveInput.CheckQuotes(text);
         var known = directive.Parameters.Select(p => p.Name).ToHashSet();
         foreach (var word in Words(text).Where(w => w.StartsWith("--", StringComparison.Ordinal) && !known.Contains(w)))
         {
             var closest = known.OrderBy(k => TargetMatcher.Levenshtein(k, word)).First();
             throw new ArgumentException($"unknown parameter '{word}'{(TargetMatcher.Levenshtein(closest, word) <= 3 ? $" (did you mean {closest}?)" : "")}; {directive.Name} takes {string.Join(", ", known)}.");
         }
-        // The parser also drops a second word after a value (--method bitfit lora ran bitfit): refuse words no --name owns.
-        var flags = directive.Parameters.Where(p => p.Flag).Select(p => p.Name).ToHashSet();
-        var words = Words(text).ToList();
-        for (int i = words.IndexOf(directive.Name) + 1; i > 0 && i < words.Count; i++)
-        {
-            if (words[i].StartsWith("--", StringComparison.Ordinal))
-            {
-                if (flags.Contains(words[i])) continue;
-                if (i + 1 == words.Count || words[i + 1].StartsWith("--", StringComparison.Ordinal) || words[i + 1] == "\"\"")   // the parser would drop it silently
-                    throw new ArgumentException($"{words[i]} needs a value ({directive.Parameters.First(p => p.Name == words[i]).Description}).");
-                i++;   // its value
-                // double.Parse reads "NaN", "Infinity" and 1e999 (as infinity): no method option means that.
-                if (NumericOptions.Contains(words[i - 1][2..]) && double.TryParse(words[i].Trim('"'), NumberStyles.Float, CultureInfo.InvariantCulture, out var number) && !double.IsFinite(number))
-                    throw new ArgumentException($"{words[i - 1]} needs a finite number, not '{words[i]}'.");
-                continue;
-            }
-            throw new ArgumentException($"'{words[i]}' follows {(i > 0 ? $"'{words[i - 1]}'" : "the subcommand")} but belongs to no parameter: each --name takes one value; " +
-                                        "quote a value that holds spaces (--targets \"a b\") and separate list items with commas (--targets q,v).");
-        }
+        DirectiveInput.CheckValues(Words(text).ToList(), directive);
     }
-
-    static readonly HashSet<string> NumericOptions =
-        MethodList.All.SelectMany(m => m.Parameters).Where(p => p.Type is "int" or "float").Select(p => p.Name).ToHashSet();
 
     // Whitespace-separated words, a double-quoted run counting as one word (so a quoted value may hold "--").
     static IEnumerable<string> Words(string text)
