@@ -12,14 +12,6 @@ public static class Formatters
     static readonly object Gate = new();
     static bool _registered;
 
-    /// <summary>The types that get an HTML view.</summary>
-    public static IReadOnlyList<Type> Types { get; } =
-    [
-        typeof(PeftHtml), typeof(PeftModel), typeof(AdapterLayer), typeof(ParameterReport), typeof(TargetSelection), typeof(TrainingLog),
-        typeof(SingularSpectrum), typeof(RankAllocation), typeof(RoutingWeights), typeof(MethodComparison), typeof(GenericChart),
-        typeof(LossCurves), typeof(LabelledHeatmap), typeof(ClaimVerdict),
-    ];
-
     /// <summary>Registers every formatter once per process.</summary>
     public static void Register()
     {
@@ -45,7 +37,10 @@ public static class Formatters
         Formatter.Register<LabelledHeatmap>((map, writer) => writer.Write(HtmlViews.Heatmap(map)), html);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(HtmlViews.ClaimVerdict(verdict)), html);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(verdict.ToString()), PlainTextFormatter.MimeType);
-        // Plotly.NET's own GenericChart formatter is a placeholder; charts made in cells render like ours.
+        // Plotly.NET's own GenericChart formatter loads plotly.js from a CDN; charts made in cells render like ours. (Plotly's
+        // MIME type application/vnd.plotly.v1+json is not offered beside it: dotnet-interactive 1.0.712001's Jupyter bridge
+        // sends that value as a JSON string, not the figure object plotly's JupyterLab renderer needs, and a front end that
+        // picked it would draw nothing.)
         Formatter.Register<GenericChart>((chart, writer) => writer.Write(ChartHtml.Fragment(chart)), html);
     }
 }

@@ -34,7 +34,8 @@ public sealed class PeftKernelExtension : IKernelExtension
             var csharp = CSharpKernels(kernel).ToList();
             foreach (var k in csharp) PeftMagicCommands.Register(k);
             if (KernelInvocationContext.Current is { } context)
-                KernelInvocationContextExtensions.Display(context, new PeftHtml(LoadedMessage(csharp.Count)), HtmlFormatter.MimeType);
+                // plotly.js rides along with this message, once per kernel: every chart after it draws with no network.
+                KernelInvocationContextExtensions.Display(context, new PeftHtml(LoadedMessage(csharp.Count) + ChartHtml.PlotlyLoader()), HtmlFormatter.MimeType);
             return Task.CompletedTask;
         }
 

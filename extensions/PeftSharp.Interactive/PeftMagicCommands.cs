@@ -62,8 +62,14 @@ public sealed class PeftMagicCommands
             await next(command, context);
         });
         // `#!peft` alone shows the subcommands and their parameters.
-        _kernel.AddDirective(root, (_, context) =>
+        _kernel.AddDirective(root, (command, context) =>
         {
+            // The kernel routes an unknown subcommand without parameters (#!peft lora) here: say so instead of the help.
+            if (DirectiveInput.UnknownSubcommand(command, Words, Subcommands) is { } unknown)
+            {
+                if (!Mistake.Capture(unknown)) context.Fail(command, message: unknown);
+                return Task.CompletedTask;
+            }
             Show(context, HtmlViews.DirectiveHelp(root));
             return Task.CompletedTask;
         });
@@ -106,7 +112,8 @@ public sealed class PeftMagicCommands
             }
             catch (Exception e) when (IsUsageError(e))
             {
-                context.Fail(command, message: $"#!peft {name}: {UserMessage(e)}");
+                var message = $"#!peft {name}: {UserMessage(e)}";
+                if (!Mistake.Capture(message)) context.Fail(command, message: message);   // Mistake.Show displays it instead
             }
         });
     }
@@ -121,12 +128,14 @@ public sealed class PeftMagicCommands
         var node = DirectiveNodeProperty?.GetValue(command);
         var text = node?.GetType().GetProperty("Text")?.GetValue(node) as string;
         if (text is null) return;
+        DirectiveInput.CheckQuotes(text);
         var known = directive.Parameters.Select(p => p.Name).ToHashSet();
         foreach (var word in Words(text).Where(w => w.StartsWith("--", StringComparison.Ordinal) && !known.Contains(w)))
         {
             var closest = known.OrderBy(k => TargetMatcher.Levenshtein(k, word)).First();
             throw new ArgumentException($"unknown parameter '{word}'{(TargetMatcher.Levenshtein(closest, word) <= 3 ? $" (did you mean {closest}?)" : "")}; {directive.Name} takes {string.Join(", ", known)}.");
         }
+        DirectiveInput.CheckValues(Words(text).ToList(), directive);
     }
 
     // Whitespace-separated words, a double-quoted run counting as one word (so a quoted value may hold "--").
@@ -229,6 +238,7 @@ public sealed class PeftMagicCommands
 
     async Task Attach(PeftAttach command, KernelInvocationContext context)
     {
+        VariableNames.Check(command.Text("as") ?? "peft");   // before anything changes: a bad name would orphan the adapter
         var (modelName, value) = Variable(command);
         var module = AsModule(modelName, value);
         var method = MethodList.Find(command.Text("method") ?? "lora");
@@ -277,6 +287,8 @@ public sealed class PeftMagicCommands
     {
         var peft = RequirePeft(command);
         var adapters = command.Text("adapters")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (adapters is { Length: 0 })
+            throw new ArgumentException($"--adapters '{command.Text("adapters")}' names no adapter; give names such as {string.Join(",", peft.AdapterNames)}, or leave it out to merge the active ones.");
         peft.Merge(adapters, command.Flag("safe"));
         Show(context, HtmlViews.Note($"Merged {(adapters is null ? "the active adapters" : string.Join(", ", adapters))} into the base weights; #!peft unmerge restores them.") + HtmlViews.PeftModel(peft));
         return Task.CompletedTask;
@@ -304,6 +316,7 @@ public sealed class PeftMagicCommands
 
     async Task Load(PeftLoad command, KernelInvocationContext context)
     {
+        VariableNames.Check(command.Text("as") ?? "peft");   // before anything changes: a bad name would orphan the adapter
         var (name, value) = Variable(command);
         var module = AsModule(name, value);
         var path = Path.GetFullPath(command.Required("path", "out/my-adapter"));

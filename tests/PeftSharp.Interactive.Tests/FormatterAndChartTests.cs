@@ -132,6 +132,21 @@ public sealed class FormatterAndChartTests
         Assert.Contains("newPlot", html);
         Assert.StartsWith("<script", ChartHtml.PlotlyScriptTag());
         Assert.True(ChartHtml.PlotlyJs().Length > 1_000_000);
+        // Nothing is fetched: no CDN, no require.js paths, no URL at all in a chart's fragment.
+        Assert.DoesNotContain("http", html);
+        Assert.DoesNotContain("requirejs", html);
+        Assert.Contains("trust the notebook", html);          // what an untrusted notebook shows instead
+    }
+
+    [Fact]
+    public void The_plotly_loader_carries_plotly_js_once_and_draws_the_waiting_charts()
+    {
+        var loader = ChartHtml.PlotlyLoader();
+        Assert.StartsWith($"<script type=\"text/javascript\" {ChartHtml.LoaderAttribute}=\"{ChartHtml.PlotlyVersion()}\">", loader);
+        Assert.Contains(ChartHtml.PlotlyJs(), loader);
+        Assert.Contains("typeof window.Plotly === 'undefined'", loader);   // a second copy on the page does nothing
+        Assert.Contains("peftsharpPending", loader);
+        Assert.Matches(@"^\d+\.\d+\.\d+$", ChartHtml.PlotlyVersion());
     }
 
     [Fact]

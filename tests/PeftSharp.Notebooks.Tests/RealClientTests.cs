@@ -11,8 +11,17 @@ namespace PeftSharp.Notebooks.Tests;
 /// </summary>
 public sealed class RealClientTests(ITestOutputHelper output)
 {
-    [Fact]
-    public async Task Quickstart_runs_in_dotnet_repl_against_the_packed_extension()
+    /// <summary>
+    /// dotnet repl keeps the shell's working directory (Jupyter uses the notebook's folder), so each quick notebook runs from
+    /// the repository root and from notebooks/. One run puts a decoy libtorch_cpu.so first on the library path, as a
+    /// system libtorch (Debian's python3-torch) would be found: TorchSharp must still load the package's libtorch.
+    /// </summary>
+    [Theory]
+    [InlineData("00-quickstart.ipynb", "root", false)]
+    [InlineData("00-quickstart.ipynb", "notebooks", true)]
+    [InlineData("01-magic-commands.ipynb", "root", true)]
+    [InlineData("01-magic-commands.ipynb", "notebooks", false)]
+    public async Task Quick_notebooks_run_in_dotnet_repl_against_the_packed_extension(string notebook, string from, bool decoyLibTorch)
     {
         Assert.True(Directory.EnumerateFiles(Path.Combine(Repository.Root, "artifacts", "packages"), "PeftSharp.Interactive.*.nupkg").Any(),
             "artifacts/packages has no PeftSharp.Interactive package: building the solution packs it.");
@@ -20,11 +29,21 @@ public sealed class RealClientTests(ITestOutputHelper output)
         Assert.True(restore.Code == 0, $"dotnet tool restore failed:\n{restore.Output}");
 
         var outDir = Repository.NewTempDirectory();
-        var executed = Path.Combine(outDir, "00-quickstart.ipynb");
+        var executed = Path.Combine(outDir, notebook);
+        var directory = from == "root" ? Repository.Root : Repository.Notebooks;
+        var path = Path.GetRelativePath(directory, Path.Combine(Repository.Notebooks, notebook));
+        var environment = new Dictionary<string, string>();
+        if (decoyLibTorch)
+        {
+            // Any shared object that is not libtorch will do: the runtime's own System.Native, renamed.
+            var decoy = Repository.NewTempDirectory();
+            File.Copy(Path.Combine(System.Runtime.InteropServices.RuntimeEnvironment.GetRuntimeDirectory(), "libSystem.Native.so"), Path.Combine(decoy, "libtorch_cpu.so"));
+            environment["LD_LIBRARY_PATH"] = decoy;
+        }
         var clock = Stopwatch.StartNew();
-        var run = await Run("dotnet", ["tool", "run", "dotnet-repl", "--", "--run", "00-quickstart.ipynb", "--exit-after-run", "--output-path", executed],
-                            Repository.Notebooks, TimeSpan.FromMinutes(8));
-        output.WriteLine($"dotnet repl: exit {run.Code} in {clock.Elapsed.TotalSeconds:0.0} s");
+        var run = await Run("dotnet", ["tool", "run", "dotnet-repl", "--", "--run", path, "--exit-after-run", "--output-path", executed],
+                            directory, TimeSpan.FromMinutes(8), environment);
+        output.WriteLine($"dotnet repl {path} from {directory}{(decoyLibTorch ? " with a decoy libtorch_cpu.so first on LD_LIBRARY_PATH" : "")}: exit {run.Code} in {clock.Elapsed.TotalSeconds:0.0} s");
         Assert.True(File.Exists(executed), $"dotnet repl wrote no notebook (exit {run.Code}):\n{run.Output}");
 
         using var json = JsonDocument.Parse(File.ReadAllText(executed));
@@ -38,12 +57,21 @@ public sealed class RealClientTests(ITestOutputHelper output)
         Assert.Contains("peftsharp-live", text);              // the live view (TorchSharp trained in that kernel)
         Assert.Contains("peftsharp-chart", text);             // a Plotly.NET chart rendered there
         Assert.Contains("trainable params", text);            // #!peft summary ran
+        if (notebook.StartsWith("01", StringComparison.Ordinal))
+        {
+            // Every demonstrated mistake showed its message, and the cell after them ran.
+            Assert.Equal(7, System.Text.RegularExpressions.Regex.Matches(text, "this fails, on purpose").Count);
+            var decoded = System.Net.WebUtility.HtmlDecode(text);
+            Assert.Contains("No variable 'modle'", decoded);
+            Assert.Contains("unknown parameter '--rnk'", decoded);
+        }
     }
 
-    static async Task<(int Code, string Output)> Run(string file, string[] args, string directory, TimeSpan timeout)
+    static async Task<(int Code, string Output)> Run(string file, string[] args, string directory, TimeSpan timeout, IReadOnlyDictionary<string, string>? environment = null)
     {
         var start = new ProcessStartInfo(file) { WorkingDirectory = directory, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in args) start.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
         using var process = Process.Start(start)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();

@@ -47,6 +47,19 @@ public sealed class NativeLoadTests
     }
 
     [Fact]
+    public void The_libtorch_version_preloaded_from_a_NuGet_cache_is_the_one_the_build_references()
+    {
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Directory.Packages.props"))) root = root.Parent;
+        Assert.NotNull(root);
+        var props = File.ReadAllText(Path.Combine(root!.FullName, "Directory.Packages.props"));
+        Assert.Contains($"<PackageVersion Include=\"libtorch-cpu-linux-x64\" Version=\"{TorchSharpNative.LibTorchVersion}\" />", props);
+        // This host has a deps.json that puts the natives on the search path: nothing is preloaded here.
+        TorchSharpNative.EnsureLoadable();
+        Assert.Empty(TorchSharpNative.PreloadedFiles);
+    }
+
+    [Fact]
     public void Ensuring_TorchSharp_is_loadable_is_safe_to_repeat_once_it_is_loaded()
     {
         TorchSharpNative.EnsureLoadable();

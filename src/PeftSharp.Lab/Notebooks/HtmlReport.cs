@@ -67,8 +67,12 @@ static class HtmlReport
         _ => "",
     };
 
+    // The extension's load message carries plotly.js for notebook front ends; the report's head already has it.
+    static readonly System.Text.RegularExpressions.Regex PlotlyLoader =
+        new("<script[^>]*data-peftsharp-plotly[^>]*>.*?</script>", System.Text.RegularExpressions.RegexOptions.Singleline | System.Text.RegularExpressions.RegexOptions.Compiled);
+
     static string Data(IDictionary<string, object> data) =>
-        data.TryGetValue("text/html", out var html) ? Text(html)
+        data.TryGetValue("text/html", out var html) ? PlotlyLoader.Replace(Text(html), "")
         : data.TryGetValue("text/plain", out var plain) ? $"<pre>{E(Text(plain))}</pre>"
         : "";
 

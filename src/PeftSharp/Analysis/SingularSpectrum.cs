@@ -82,6 +82,13 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var m = matrix.detach().to(ScalarType.Float64, CPU).reshape(matrix.shape[0], -1);
+        // linalg.svdvals on NaN or Inf fails deep in LAPACK with a native trace; say which layer holds them instead.
+        long nan = m.isnan().sum().item<long>(), inf = m.isinf().sum().item<long>();
+        if (nan + inf > 0)
+            throw new ArgumentException(
+                $"The {Describe(source, adapterName)} at '{layer}' holds {(nan > 0 ? $"{nan:N0} NaN" : "")}{(nan > 0 && inf > 0 ? " and " : "")}{(inf > 0 ? $"{inf:N0} infinite" : "")} " +
+                $"value(s) out of {m.numel():N0}, so it has no singular spectrum. Training diverged or the weights were loaded wrong: " +
+                "lower the learning rate or reload the weights, and check with torch.isfinite(...).all().", nameof(matrix));
         var values = linalg.svdvals(m).data<double>().ToArray();
         return new SingularSpectrum(layer, source, adapterName, matrix.shape, values, adapterRank);
     }
@@ -133,6 +140,13 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
         var adapted = adapterLayer.MergedAdapters.Contains(name) ? weight : weight + delta.to(weight.dtype);
         return Of(adapted, layer, source, name, adapter.Rank);
     }
+
+    static string Describe(SpectrumSource source, string? adapterName) => source switch
+    {
+        SpectrumSource.Delta => $"weight change ΔW of adapter '{adapterName}'",
+        SpectrumSource.Adapted => $"adapted weight W + ΔW ('{adapterName}')",
+        _ => "weight",
+    };
 
     static string FirstActive(PeftModel peft) =>
         peft.ActiveAdapters.FirstOrDefault() ?? peft.AdapterNames.FirstOrDefault()
