@@ -158,15 +158,7 @@ public sealed class PeftMagicCommands
 
     /// <summary>An exception's message without the lines .NET appends for programmers ("(Parameter 'x')",
     /// "Actual value was y."): the message already names the parameter and the value.</summary>
-    internal static string UserMessage(Exception e)
-    {
-        var message = e.Message;
-        if (e is ArgumentOutOfRangeException { ActualValue: { } actual })
-            message = message.Replace(Environment.NewLine + $"Actual value was {actual}.", "");
-        if (e is ArgumentException { ParamName: { } parameter })
-            message = message.Replace($" (Parameter '{parameter}')", "");
-        return message.Trim();
-    }
+    internal static string UserMessage(Exception e) => ErrorText.Plain(e);
 
     /// <summary>Errors that mean "the input was wrong": shown as a message, never as a stack trace.</summary>
     static bool IsUsageError(Exception e) =>

@@ -184,6 +184,38 @@ public sealed class MethodRegistryTests
         Assert.Contains("UTF-8", utf8.Message);
     }
 
+    [Fact]
+    public void Load_errors_name_the_file_and_the_field_without_programmer_lines()
+    {
+        var directory = TempDirectory.Create();
+        PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 2 }).Save(directory);
+        var path = Path.Combine(directory, AdapterFiles.ConfigFileName);
+        var original = File.ReadAllText(path);
+        void Edit(Action<JsonObject> edit)
+        {
+            var json = (JsonObject)JsonNode.Parse(original)!;
+            edit(json);
+            File.WriteAllText(path, json.ToJsonString());
+        }
+
+        Edit(j => j["r"] = 0);
+        var rank = Assert.ThrowsAny<Exception>(() => PeftModel.Load(new Mlp(), directory));
+        Assert.Contains(path, rank.Message);
+        Assert.Contains("r (--rank)", rank.Message);
+        Assert.DoesNotContain("(Parameter", rank.Message);
+        Assert.DoesNotContain("Actual value", rank.Message);
+
+        Edit(j => j["rank_pattern"] = new JsonObject { ["lin(0"] = 2 });
+        var regex = Assert.ThrowsAny<Exception>(() => PeftModel.Load(new Mlp(), directory));
+        Assert.Contains(path, regex.Message);
+        Assert.Contains("rank_pattern['lin(0']", regex.Message);
+
+        Edit(j => j["modules_to_save"] = new JsonArray("classifier"));
+        var missing = Assert.ThrowsAny<ArgumentException>(() => PeftModel.Load(new Mlp(), directory));
+        Assert.Contains(path, missing.Message);
+        Assert.Contains("'classifier'", missing.Message);
+    }
+
     [Theory]
     [InlineData("pissa")]
     [InlineData("olora")]

@@ -46,7 +46,7 @@ public static class AdapterFiles
         }
         catch (ArgumentException e)
         {
-            throw new AdapterConfigException($"{configPath}: {e.Message}");
+            throw new AdapterConfigException($"{configPath}: {ErrorText.Plain(e)}");
         }
         return config;
     }
@@ -168,7 +168,7 @@ public static class AdapterFiles
         }
         catch (ArgumentException e)
         {
-            throw new ArgumentException($"{misfit}: {e.Message}", e);
+            throw new ArgumentException($"{misfit}: {ErrorText.Plain(e)}", e);
         }
 
         // A file saved without PEFT's conversion (init_lora_weights "pissa", "olora") holds A and B relative to a
@@ -179,6 +179,11 @@ public static class AdapterFiles
         try
         {
             adapters = peft.CreateAdapters(config, selection.Matched, initialize: reinitialize, modelAdapter);
+        }
+        catch (ArgumentException e)
+        {
+            modelAdapter?.Dispose();
+            throw new ArgumentException($"{misfit}: {ErrorText.Plain(e)}", e);
         }
         catch
         {
@@ -193,7 +198,15 @@ public static class AdapterFiles
             foreach (var (path, adapter) in adapters)
                 foreach (var (name, tensor) in adapter.FileTensors())
                     expected[KeyPrefix + path + "." + name] = (tensor, $"{name} of '{path}' ({adapter.MethodName}, rank {adapter.Rank})");
-            var savedModulePaths = peft.ModulesToSavePaths(config);
+            List<string> savedModulePaths;
+            try
+            {
+                savedModulePaths = peft.ModulesToSavePaths(config);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"{misfit}: {ErrorText.Plain(e)}", e);
+            }
             foreach (var path in savedModulePaths)
                 foreach (var (name, parameter) in peft.BaseLayerAt(path).named_parameters())
                     expected[KeyPrefix + path + "." + name] = (parameter, $"{name} of modules_to_save '{path}'");

@@ -164,6 +164,8 @@ public sealed record LoraConfig : AdapterConfig
     public override void Validate()
     {
         base.Validate();
+        PatternKey.Validate(RankPattern, "rank_pattern");
+        PatternKey.Validate(AlphaPattern, "alpha_pattern");
         if (RankPattern?.FirstOrDefault(p => p.Value is <= 0 or > 65536) is { Key: not null } badRank)
             throw new ArgumentOutOfRangeException(nameof(RankPattern), badRank.Value, $"rank_pattern['{badRank.Key}'] must be a rank in [1, 65536].");
         if (AlphaPattern?.FirstOrDefault(p => !double.IsFinite(p.Value) || p.Value == 0) is { Key: not null } badAlpha)
