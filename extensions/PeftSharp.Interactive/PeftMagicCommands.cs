@@ -48,12 +48,9 @@ public sealed class PeftMagicCommands
         _kernel.AddMiddleware(async (command, context, next) =>
         {
             if (command is Microsoft.DotNet.Interactive.Commands.RequestCompletions request && LineAt(request.Code, request.LinePosition) is { } line
-                && CompleteAttach(line, request.LinePosition.Character) is { } items)
+                && CompleteAttach(line, request.LinePosition.Character) is { } completion)
             {
-                // The kernel may hand over the line without its trailing blank: a cursor past the end starts a new word.
-                int column = request.LinePosition.Character;
-                bool inWord = column <= line.Length && column > 0 && !char.IsWhiteSpace(line[column - 1]);
-                var start = inWord && Words(line[..column]).LastOrDefault() is { } w ? column - w.Length : column;
+                var (items, start) = completion;
                 var span = new LinePositionSpan(new LinePosition(request.LinePosition.Line, start), request.LinePosition);
                 context.Publish(new Microsoft.DotNet.Interactive.Events.CompletionsProduced(
                     items.Select(i => new Microsoft.DotNet.Interactive.Events.CompletionItem(i.Text, "Property", documentation: i.Help)).ToList(), request, span));
@@ -198,11 +195,13 @@ public sealed class PeftMagicCommands
     /// <summary>
     /// Completions for a <c>#!peft attach</c> line: after <c>--</c>, the attach parameters and the options of the method the
     /// line names (LoRA if none yet), each with its help; after an option that takes one of a closed list of values,
-    /// those values. Other requests go on to the kernel's own completions.
+    /// those values, with the column where the word they replace starts. Other requests (null) go on to the kernel's own
+    /// completions.
     /// </summary>
-    internal static IReadOnlyList<(string Text, string Help)>? CompleteAttach(string line, int column)
+    internal static (IReadOnlyList<(string Text, string Help)> Items, int Start)? CompleteAttach(string line, int column)
     {
         var words = Words(line[..Math.Min(column, line.Length)]).ToList();
+        // The kernel may hand over the line without its trailing blank: a cursor past the end starts a new word.
         bool atNewWord = column == 0 || column > line.Length || char.IsWhiteSpace(line[column - 1]);
         if (words.Count < 2 || words[0] != DirectiveName || words[1] != "attach") return null;
         var current = atNewWord ? "" : words[^1];
@@ -211,12 +210,13 @@ public sealed class PeftMagicCommands
         var methodName = methodAt >= 0 && methodAt + 1 < words.Count && words[methodAt + 1] != current ? words[methodAt + 1] : "lora";
         var method = MethodList.All.FirstOrDefault(m => string.Equals(m.Name, methodName, StringComparison.OrdinalIgnoreCase));
         if (method is null) return null;
+        int start = column - current.Length;
         if (current.StartsWith('-'))
-            return AttachParameters.Select(p => (p, "#!peft attach"))
+            return (AttachParameters.Select(p => (p, "#!peft attach"))
                 .Concat(method.Parameters.Select(p => ("--" + p.Name, $"{method.Name}: {p.Description} ({p.Type}, default {p.Default})")))
-                .Where(c => c.Item1.StartsWith(current, StringComparison.Ordinal)).ToList();
+                .Where(c => c.Item1.StartsWith(current, StringComparison.Ordinal)).ToList(), start);
         if (previous.StartsWith("--", StringComparison.Ordinal) && method.Parameters.FirstOrDefault(p => "--" + p.Name == previous) is { Choices: { Count: > 0 } choices } parameter)
-            return choices.Where(c => c.StartsWith(current, StringComparison.OrdinalIgnoreCase)).Select(c => (c, $"{method.Name} --{parameter.Name}")).ToList();
+            return (choices.Where(c => c.StartsWith(current, StringComparison.OrdinalIgnoreCase)).Select(c => (c, $"{method.Name} --{parameter.Name}")).ToList(), start);
         return null;
     }
 

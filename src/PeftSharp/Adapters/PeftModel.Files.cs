@@ -21,7 +21,6 @@ public sealed partial class PeftModel
         ArgumentNullException.ThrowIfNull(tensors);
         config.Validate();
         AdapterFiles.Attach(this, adapterName, config, new AdapterFiles.MemorySource(tensors), allowNonFinite, $"the config of '{adapterName}' does not fit this model");
-        UpdateTrainable(_active);
     }
 
     /// <summary>Copies of adapter <paramref name="adapterName"/>'s tensors by file key, as <see cref="Save"/> writes them

@@ -266,7 +266,7 @@ public sealed record LoraConfig : AdapterConfig
         {
             bool embedding = a.Name.EndsWith(".lora_embedding_A");
             rank = (int)a.Shape[0];
-            if ((embedding ? b.Shape[1] : b.Shape[1]) != rank)
+            if (b.Shape[1] != rank)   // lora_B is (out, r); lora_embedding_B is (dim, r)
                 problems.Add($"'{path}': lora_A [{string.Join(", ", a.Shape)}] and lora_B [{string.Join(", ", b.Shape)}] do not share a rank.");
             if (rank != RankAt(path))
                 problems.Add($"'{path}' has rank {rank} but adapter_config.json says {RankAt(path)} (r / rank_pattern).");
