@@ -119,14 +119,18 @@ public static class HtmlViews
         var best = comparison.Best;
         bool seeded = comparison.Seeds > 1;
         static string F(double v) => v.ToString("0.####", CultureInfo.InvariantCulture);
-        var headers = new List<string> { "regime", seeded ? $"{comparison.Metric} (mean ± std)" : comparison.Metric };
+        // One seed: the only error bar there is comes from the evaluation set's size (see SamplingStandardError).
+        bool sampled = !seeded && comparison.Rows.Count > 0 && comparison.Rows.All(r => comparison.SamplingStandardError(r) is not null);
+        var headers = new List<string> { "regime", seeded ? $"{comparison.Metric} (mean ± std)" : sampled ? $"{comparison.Metric} ± 2 SE of the evaluation sample" : comparison.Metric };
         if (seeded) headers.AddRange(["seeds", "per seed"]);
         headers.AddRange(["trainable parameters", "trainable %", "training time", "peak memory above start"]);
         return "<div class=\"peftsharp-comparison\">" + Line(comparison.Title) +
-            Line($"{comparison.Basis}{(seeded ? "; ± is the standard deviation over the seeds, error bars ± 1 std" : "")}") + Table(headers,
+            Line($"{comparison.Basis}{(seeded ? "; ± is the standard deviation over the seeds, error bars ± 1 std"
+                : sampled ? "; ± is twice the standard error √(p(1 − p)/n) that the evaluation set's size alone gives an accuracy (error bars the same): the noise between training seeds is not measured" : "")}") + Table(headers,
             comparison.Rows.Select(r =>
             {
-                var cells = new List<object?> { r.Name + (r == best ? " (best)" : ""), r.Seeds > 1 ? $"{F(r.Score)} ± {F(r.StandardDeviation)}" : F(r.Score) };
+                var cells = new List<object?> { r.Name + (r == best ? " (best)" : ""), r.Seeds > 1 ? $"{F(r.Score)} ± {F(r.StandardDeviation)}"
+                    : sampled ? $"{F(r.Score)} ± {F(2 * comparison.SamplingStandardError(r)!.Value)}" : F(r.Score) };
                 if (seeded) cells.AddRange([r.Seeds.ToString(CultureInfo.InvariantCulture), string.Join(", ", r.Scores.Select(F))]);
                 cells.AddRange([r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture), r.TrainablePercent.ToString("0.###", CultureInfo.InvariantCulture),
                     $"{r.TrainingTime.TotalSeconds:0.0} s", r.PeakMemoryBytes is long bytes ? Bytes(bytes) : "not measured"]);
@@ -155,8 +159,10 @@ public static class HtmlViews
         var claim = verdict.Claim.Statement + (verdict.Claim.Source.Length > 0 ? $" ({verdict.Claim.Source})" : "");
         return $"<div class=\"peftsharp-claim peftsharp-claim-{verdict.Outcome.ToString().ToLowerInvariant()}\" style=\"border-left:4px solid {colour};padding:2px 8px;margin:4px 0\">" +
             $"<div><b>claim:</b> {E(claim)}</div><div><b>verdict:</b> {E(verdict.Summary)}</div>" +
-            Line($"{verdict.Treatment} {verdict.TreatmentMean:0.####}, {verdict.Baseline} {verdict.BaselineMean:0.####}; per seed Δ = " +
-                 string.Join(", ", verdict.Differences.Select(d => d.ToString("+0.####;-0.####;0", CultureInfo.InvariantCulture))) +
+            Line($"{verdict.Treatment} {verdict.TreatmentMean:0.####}, {verdict.Baseline} {verdict.BaselineMean:0.####}; " +
+                 (verdict.Unit == Analysis.ClaimUnit.EvaluationExample
+                     ? $"of {verdict.Differences.Count:N0} examples, {verdict.Differences.Count(d => d > 0)} only {verdict.Treatment} got right and {verdict.Differences.Count(d => d < 0)} only {verdict.Baseline}"
+                     : "per seed Δ = " + string.Join(", ", verdict.Differences.Select(d => d.ToString("+0.####;-0.####;0", CultureInfo.InvariantCulture)))) +
                  $"; a direction counts only when Δ is more than {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences past the threshold ({(verdict.Margin > 0 ? $"-{verdict.Margin:0.####}" : "0")})") + "</div>";
     }
 

@@ -80,6 +80,17 @@ public sealed class EvidenceViewTests
     }
 
     [Fact]
+    public void A_single_seed_accuracy_comparison_with_a_known_evaluation_set_draws_its_sampling_error_and_says_what_it_leaves_out()
+    {
+        var single = new MethodComparison("MiniLM", evaluationExamples: 400).Add(new ComparisonRow("LoRA", 1, 10, [0.9], TimeSpan.Zero, null));
+        var bar = Assert.Single(Traces(PeftCharts.Comparison(single))).GetProperty("error_y").GetProperty("array")[0].GetDouble();
+        Assert.Equal(2 * Math.Sqrt(0.9 * 0.1 / 400), bar, 9);   // 0.03
+        var html = Html(single);
+        Assert.Contains(Encoded("0.9 ± 0.03"), html);
+        Assert.Contains("the noise between training seeds is not measured", html);
+    }
+
+    [Fact]
     public void Loss_bands_draw_a_filled_band_and_a_mean_line_per_regime()
     {
         var (a, b) = (Log("a", 1), Log("b", 2));

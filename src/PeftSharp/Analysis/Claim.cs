@@ -81,6 +81,43 @@ public sealed record Claim(string Statement, string Source = "")
         return new ClaimVerdict(this, outcome, treatment, baseline, metric, higherIsBetter, margin,
             treatmentScores.Zip(baselineScores, (t, b) => t - b).ToArray(), SeedStatistics.Mean(treatmentScores), SeedStatistics.Mean(baselineScores));
     }
+
+    /// <summary>
+    /// Checks "<paramref name="treatment"/> is more accurate than <paramref name="baseline"/>" (or no worse by more than
+    /// <paramref name="margin"/>) from ONE training run of each, paired over the evaluation examples both were scored on:
+    /// <paramref name="treatmentCorrect"/>[i] and <paramref name="baselineCorrect"/>[i] say whether each got example i
+    /// right. d_i = correct_t − correct_b ∈ {−1, 0, 1}; mean Δ is the accuracy difference and SE = sd(d) / √n its standard
+    /// error over the examples (the paired test McNemar's is built on), with the same 2-SE rule as the seeded check. This
+    /// measures only the noise of the evaluation sample: the noise between training seeds is not in it, so the verdict
+    /// says so (<see cref="ClaimVerdict.Unit"/>). For models too slow to train several times (MiniLM here).
+    /// </summary>
+    public ClaimVerdict CheckOnExamples(string treatment, IReadOnlyList<bool> treatmentCorrect, string baseline, IReadOnlyList<bool> baselineCorrect, double margin = 0)
+    {
+        ArgumentNullException.ThrowIfNull(treatmentCorrect);
+        ArgumentNullException.ThrowIfNull(baselineCorrect);
+        if (treatmentCorrect.Count != baselineCorrect.Count || treatmentCorrect.Count < 2)
+            throw new ArgumentException($"A paired check over examples needs the same evaluation examples (at least 2) for both: '{treatment}' has {treatmentCorrect.Count}, '{baseline}' {baselineCorrect.Count}.", nameof(baselineCorrect));
+        if (margin < 0 || !double.IsFinite(margin)) throw new ArgumentOutOfRangeException(nameof(margin), margin, "The margin is a finite number ≥ 0.");
+        var differences = treatmentCorrect.Zip(baselineCorrect, (t, b) => (t ? 1.0 : 0.0) - (b ? 1.0 : 0.0)).ToArray();
+        double mean = SeedStatistics.Mean(differences), se = SeedStatistics.StandardError(differences);
+        var outcome = mean - NoiseMultiple * se > -margin ? ClaimOutcome.Held
+            : mean + NoiseMultiple * se < -margin ? ClaimOutcome.DidNotHold
+            : ClaimOutcome.WithinNoise;
+        return new ClaimVerdict(this, outcome, treatment, baseline, "accuracy", true, margin, differences,
+            treatmentCorrect.Count(c => c) / (double)treatmentCorrect.Count, baselineCorrect.Count(c => c) / (double)baselineCorrect.Count)
+        { Unit = ClaimUnit.EvaluationExample };
+    }
+}
+
+/// <summary>What the paired differences of a <see cref="ClaimVerdict"/> run over.</summary>
+public enum ClaimUnit
+{
+    /// <summary>One difference per training seed: the noise of training and evaluation together.</summary>
+    Seed,
+
+    /// <summary>One difference per evaluation example, from one training run of each regime: only the evaluation
+    /// sample's noise.</summary>
+    EvaluationExample,
 }
 
 /// <summary>
@@ -108,6 +145,10 @@ public sealed record ClaimVerdict(Claim Claim, ClaimOutcome Outcome, string Trea
 
     public int Seeds => Differences.Count;
 
+    /// <summary>What <see cref="Differences"/> run over: seeds (the default) or the evaluation examples of one run
+    /// (<see cref="Analysis.Claim.CheckOnExamples"/>).</summary>
+    public ClaimUnit Unit { get; init; } = ClaimUnit.Seed;
+
     /// <summary>Whether the difference is large against the noise in either direction (the outcome is not
     /// <see cref="ClaimOutcome.WithinNoise"/>).</summary>
     public bool IsLarge => Outcome != ClaimOutcome.WithinNoise;
@@ -118,13 +159,16 @@ public sealed record ClaimVerdict(Claim Claim, ClaimOutcome Outcome, string Trea
         get
         {
             var c = CultureInfo.InvariantCulture;
-            string delta = string.Create(c, $"Δ {Metric} ({Treatment} − {Baseline}) = {MeanDifference:+0.####;-0.####;0} ± {StandardError:0.####} over {Seeds} seed{(Seeds == 1 ? "" : "s")}");
+            string over = Unit == ClaimUnit.EvaluationExample
+                ? $"over {Seeds:N0} evaluation examples paired, one training run each (the noise between training seeds is not measured)"
+                : $"over {Seeds} seed{(Seeds == 1 ? "" : "s")}";
+            string delta = string.Create(c, $"Δ {Metric} ({Treatment} − {Baseline}) = {MeanDifference:+0.####;-0.####;0} ± {StandardError:0.####} {over}");
             string threshold = Margin > 0 ? string.Create(c, $" of the threshold -{Margin:0.####} (the claim's margin)") : "";
             return Outcome switch
             {
                 ClaimOutcome.Held => $"held at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "above the threshold" : "in the claimed direction")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
                 ClaimOutcome.DidNotHold => $"did not hold at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "below the threshold" : "against the claim")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
-                _ when Seeds < 2 => $"not decided: {delta}; one seed cannot tell a difference from noise",
+                _ when Seeds < 2 && Unit == ClaimUnit.Seed => $"not decided: {delta}; one seed cannot tell a difference from noise",
                 _ => $"did not hold at this scale: {delta} is within {Claim.NoiseMultiple:0} standard errors{(Margin > 0 ? threshold : " of zero")}, so neither direction is shown",
             };
         }

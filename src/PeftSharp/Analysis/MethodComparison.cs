@@ -114,6 +114,23 @@ public sealed class MethodComparison(string title, string metric = "accuracy", b
     /// <summary>The row with the best mean score, or null when empty.</summary>
     public ComparisonRow? Best => _rows.Count == 0 ? null : HigherIsBetter ? _rows.MaxBy(r => r.Score) : _rows.MinBy(r => r.Score);
 
+    /// <summary>Whether <see cref="Metric"/> is an accuracy (a share of the evaluation examples, so its sampling error
+    /// follows from the set's size).</summary>
+    public bool IsAccuracy => Metric.Equals("accuracy", StringComparison.OrdinalIgnoreCase) && HigherIsBetter;
+
+    /// <summary>
+    /// The standard error an accuracy has from the evaluation set alone, √(p(1 − p) / n) for a row scoring p on n
+    /// examples; null unless <see cref="IsAccuracy"/> and n is known. It is what a one-seed row can show as an error bar
+    /// (450 sentences at 80% give ±1.9 points): it does not include the noise between training seeds, which only
+    /// several seeds measure.
+    /// </summary>
+    public double? SamplingStandardError(ComparisonRow row)
+    {
+        ArgumentNullException.ThrowIfNull(row);
+        if (!IsAccuracy || EvaluationExamples is not int n || row.Score is < 0 or > 1) return null;
+        return Math.Sqrt(row.Score * (1 - row.Score) / n);
+    }
+
     /// <summary>"n seeds, m evaluation examples" (or what of it is known), for titles and captions.</summary>
     public string Basis => (Seeds == 1 ? "1 seed" : $"{Seeds} seeds") +
         (EvaluationExamples is int n ? $", {n:N0} evaluation examples" : "");

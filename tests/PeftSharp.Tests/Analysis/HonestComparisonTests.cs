@@ -93,6 +93,40 @@ public sealed class HonestComparisonTests
     }
 
     [Fact]
+    public void A_claim_from_one_run_each_is_paired_over_the_evaluation_examples_and_says_that_training_noise_is_not_in_it()
+    {
+        var claim = new Claim("LoRA is more accurate than the head alone");
+        // 400 examples: both right on 300, only LoRA right on 60, only the head on 20, both wrong on 20.
+        bool[] lora = [.. Enumerable.Repeat(true, 300), .. Enumerable.Repeat(true, 60), .. Enumerable.Repeat(false, 20), .. Enumerable.Repeat(false, 20)];
+        bool[] head = [.. Enumerable.Repeat(true, 300), .. Enumerable.Repeat(false, 60), .. Enumerable.Repeat(true, 20), .. Enumerable.Repeat(false, 20)];
+        var verdict = claim.CheckOnExamples("LoRA", lora, "head", head);
+        double mean = 40.0 / 400, variance = (80 * 1.0 - 400 * mean * mean) / 399;   // Σd² = 80 discordant examples
+        Assert.Equal(mean, verdict.MeanDifference, 12);
+        Assert.Equal(Math.Sqrt(variance / 400), verdict.StandardError, 12);
+        Assert.Equal(ClaimOutcome.Held, verdict.Outcome);
+        Assert.Equal(0.9, verdict.TreatmentMean, 12);
+        Assert.Equal(0.8, verdict.BaselineMean, 12);
+        Assert.Equal(ClaimUnit.EvaluationExample, verdict.Unit);
+        Assert.Contains("over 400 evaluation examples paired, one training run each (the noise between training seeds is not measured)", verdict.Summary);
+
+        // 6 only-LoRA against 4 only-head: a 0.5-point gap is within the noise of 400 examples.
+        bool[] close = [.. Enumerable.Repeat(true, 6), .. Enumerable.Repeat(false, 4), .. Enumerable.Repeat(true, 390)];
+        bool[] other = [.. Enumerable.Repeat(false, 6), .. Enumerable.Repeat(true, 4), .. Enumerable.Repeat(true, 390)];
+        Assert.Equal(ClaimOutcome.WithinNoise, claim.CheckOnExamples("LoRA", close, "head", other).Outcome);
+        Assert.Throws<ArgumentException>(() => claim.CheckOnExamples("LoRA", close, "head", other.Take(399).ToArray()));
+    }
+
+    [Fact]
+    public void A_single_seed_accuracy_row_carries_the_sampling_error_of_its_evaluation_set()
+    {
+        var comparison = new MethodComparison("t", evaluationExamples: 450).Add(new ComparisonRow("LoRA", 10, 100, 0.8, TimeSpan.Zero, 0));
+        Assert.Equal(Math.Sqrt(0.8 * 0.2 / 450), comparison.SamplingStandardError(comparison["LoRA"])!.Value, 12);
+        Assert.Null(new MethodComparison("t", "perplexity", higherIsBetter: false, evaluationExamples: 450)
+            .Add(new ComparisonRow("LoRA", 10, 100, 31.5, TimeSpan.Zero, 0)).SamplingStandardError(new ComparisonRow("LoRA", 10, 100, 31.5, TimeSpan.Zero, 0)));
+        Assert.Null(new MethodComparison("t").Add(new ComparisonRow("LoRA", 10, 100, 0.8, TimeSpan.Zero, 0)).SamplingStandardError(comparison["LoRA"]));
+    }
+
+    [Fact]
     public void A_claim_refuses_rows_that_ran_different_seeds()
     {
         var comparison = new MethodComparison("t").Add([Run("A", 1, 0.9), Run("A", 2, 0.8)]).Add([Run("B", 1, 0.9), Run("B", 3, 0.8)]);
