@@ -161,7 +161,7 @@ public static class HtmlViews
             $"<div><b>claim:</b> {E(claim)}</div><div><b>verdict:</b> {E(verdict.Summary)}</div>" +
             Line($"{verdict.Treatment} {verdict.TreatmentMean:0.####}, {verdict.Baseline} {verdict.BaselineMean:0.####}; " +
                  (verdict.Unit == Analysis.ClaimUnit.EvaluationExample
-                     ? $"of {verdict.Differences.Count:N0} examples, {verdict.Differences.Count(d => d > 0)} only {verdict.Treatment} got right and {verdict.Differences.Count(d => d < 0)} only {verdict.Baseline}"
+                     ? $"of {verdict.Differences.Count:N0} examples, {verdict.Treatment} did better on {verdict.Differences.Count(d => verdict.HigherIsBetter ? d > 0 : d < 0)} and {verdict.Baseline} on {verdict.Differences.Count(d => verdict.HigherIsBetter ? d < 0 : d > 0)}"
                      : "per seed Δ = " + string.Join(", ", verdict.Differences.Select(d => d.ToString("+0.####;-0.####;0", CultureInfo.InvariantCulture)))) +
                  $"; a direction counts only when Δ is more than {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences past the threshold ({(verdict.Margin > 0 ? $"-{verdict.Margin:0.####}" : "0")})") + "</div>";
     }

@@ -95,16 +95,28 @@ public sealed record Claim(string Statement, string Source = "")
     {
         ArgumentNullException.ThrowIfNull(treatmentCorrect);
         ArgumentNullException.ThrowIfNull(baselineCorrect);
-        if (treatmentCorrect.Count != baselineCorrect.Count || treatmentCorrect.Count < 2)
-            throw new ArgumentException($"A paired check over examples needs the same evaluation examples (at least 2) for both: '{treatment}' has {treatmentCorrect.Count}, '{baseline}' {baselineCorrect.Count}.", nameof(baselineCorrect));
+        return CheckOnExamples(treatment, treatmentCorrect.Select(c => c ? 1.0 : 0.0).ToArray(), baseline, baselineCorrect.Select(c => c ? 1.0 : 0.0).ToArray(),
+                               "accuracy", higherIsBetter: true, margin);
+    }
+
+    /// <summary>The paired check over evaluation examples for any per-example value (a loss per sentence, a 0/1
+    /// correctness): value i of both lists belongs to example i; <paramref name="higherIsBetter"/> orients the metric.
+    /// The means are the mean values (the accuracy for 0/1 values).</summary>
+    public ClaimVerdict CheckOnExamples(string treatment, IReadOnlyList<double> treatmentValues, string baseline, IReadOnlyList<double> baselineValues,
+                                        string metric, bool higherIsBetter = true, double margin = 0)
+    {
+        ArgumentNullException.ThrowIfNull(treatmentValues);
+        ArgumentNullException.ThrowIfNull(baselineValues);
+        if (treatmentValues.Count != baselineValues.Count || treatmentValues.Count < 2)
+            throw new ArgumentException($"A paired check over examples needs the same evaluation examples (at least 2) for both: '{treatment}' has {treatmentValues.Count}, '{baseline}' {baselineValues.Count}.", nameof(baselineValues));
         if (margin < 0 || !double.IsFinite(margin)) throw new ArgumentOutOfRangeException(nameof(margin), margin, "The margin is a finite number ≥ 0.");
-        var differences = treatmentCorrect.Zip(baselineCorrect, (t, b) => (t ? 1.0 : 0.0) - (b ? 1.0 : 0.0)).ToArray();
-        double mean = SeedStatistics.Mean(differences), se = SeedStatistics.StandardError(differences);
+        var oriented = treatmentValues.Zip(baselineValues, (t, b) => higherIsBetter ? t - b : b - t).ToArray();
+        double mean = SeedStatistics.Mean(oriented), se = SeedStatistics.StandardError(oriented);
         var outcome = mean - NoiseMultiple * se > -margin ? ClaimOutcome.Held
             : mean + NoiseMultiple * se < -margin ? ClaimOutcome.DidNotHold
             : ClaimOutcome.WithinNoise;
-        return new ClaimVerdict(this, outcome, treatment, baseline, "accuracy", true, margin, differences,
-            treatmentCorrect.Count(c => c) / (double)treatmentCorrect.Count, baselineCorrect.Count(c => c) / (double)baselineCorrect.Count)
+        return new ClaimVerdict(this, outcome, treatment, baseline, metric, higherIsBetter, margin,
+            treatmentValues.Zip(baselineValues, (t, b) => t - b).ToArray(), SeedStatistics.Mean(treatmentValues), SeedStatistics.Mean(baselineValues))
         { Unit = ClaimUnit.EvaluationExample };
     }
 }
@@ -146,7 +158,7 @@ public sealed record ClaimVerdict(Claim Claim, ClaimOutcome Outcome, string Trea
     public int Seeds => Differences.Count;
 
     /// <summary>What <see cref="Differences"/> run over: seeds (the default) or the evaluation examples of one run
-    /// (<see cref="Analysis.Claim.CheckOnExamples"/>).</summary>
+    /// (<c>Claim.CheckOnExamples</c>).</summary>
     public ClaimUnit Unit { get; init; } = ClaimUnit.Seed;
 
     /// <summary>Whether the difference is large against the noise in either direction (the outcome is not

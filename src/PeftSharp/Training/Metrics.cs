@@ -174,6 +174,39 @@ public static class LanguageModelEvaluation
             if (wasTraining) model.train();
         }
     }
+
+    /// <summary>
+    /// The mean cross-entropy (nats per token) of each row (block) of <paramref name="set"/>, in order: the per-example
+    /// values a paired comparison of two models on the same blocks needs (<see cref="Analysis.Claim.CheckOnExamples(string, IReadOnlyList{double}, string, IReadOnlyList{double}, string, bool, double)"/>).
+    /// A row with no scored token gets NaN, so a caller notices.
+    /// </summary>
+    public static IReadOnlyList<double> BlockLosses(nn.Module<Tensor, Tensor> model, Data.LanguageModelSet set, int batchSize = 16, Device? device = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(set);
+        bool wasTraining = model.training;
+        model.eval();
+        try
+        {
+            using var _ = no_grad();
+            var losses = new List<double>(set.Count);
+            foreach (var batch in set.Batches(batchSize))
+            {
+                using var scope = NewDisposeScope();
+                var t = batch.ToTensors(device);
+                var logits = model.call(t.InputIds);                                                     // (B, T, V)
+                var perToken = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), t.Labels.reshape(-1),
+                    ignore_index: Losses.IgnoreIndex, reduction: nn.Reduction.None).reshape(t.Labels.shape);   // (B, T), 0 where ignored
+                var counted = t.Labels.ne(Losses.IgnoreIndex).sum(1).to(ScalarType.Float32);           // (B)
+                losses.AddRange(perToken.sum(1).div(counted).data<float>().Select(v => (double)v));
+            }
+            return losses;
+        }
+        finally
+        {
+            if (wasTraining) model.train();
+        }
+    }
 }
 
 /// <summary>Evaluation of an image classifier on an <see cref="Data.ImageSet"/>.</summary>

@@ -36,6 +36,23 @@ public sealed class PretrainedCheckpointTests(PretrainedCheckpointTests.LoadedGp
     }
 
     [Fact]
+    public void Block_losses_are_one_per_block_in_order_and_weighted_by_tokens_they_give_the_set_s_mean_loss()
+    {
+        var gpt = loaded.Gpt;
+        var validation = LanguageModelSet.Create(Datasets.BrownText(Split.Validation, "government"), gpt.Tokenizer, blockSize: 64);
+        var blocks = LanguageModelEvaluation.BlockLosses(gpt.Model, validation, batchSize: 7);
+        Assert.Equal(validation.Count, blocks.Count);
+        Assert.All(blocks, b => Assert.True(double.IsFinite(b) && b > 0));
+        var tokens = Enumerable.Range(0, validation.Count).Select(r =>
+        {
+            using var t = new Batch<TokenTensors>(validation, [r]).ToTensors().Labels;
+            return t.ne(Losses.IgnoreIndex).sum().item<long>();
+        }).ToArray();
+        double weighted = blocks.Zip(tokens, (loss, n) => loss * n).Sum() / tokens.Sum();
+        Assert.Equal(LanguageModelEvaluation.Evaluate(gpt.Model, validation).MeanLoss, weighted, 4);
+    }
+
+    [Fact]
     public void The_pretrained_GPT_tokenizer_gives_back_every_validation_paragraph()
     {
         var tokenizer = loaded.Gpt.Tokenizer;
