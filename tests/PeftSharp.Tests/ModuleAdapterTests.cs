@@ -150,6 +150,27 @@ public sealed class MaskedLanguageModelTests
     }
 
     [Fact]
+    public void Inverted_at_the_MLM_transform_s_LayerNorm_the_inverse_acts_on_its_output_right_before_the_tied_decoder()
+    {
+        var mlm = TinyMlm();
+        var peft = PeftModel.Create(mlm, new InvertibleAdapterConfig
+        {
+            TargetModules = ["embeddings.LayerNorm", "cls.predictions.transform.LayerNorm"], InverseModules = ["cls.predictions.transform.LayerNorm"],
+        });
+        Tensors.PerturbAdapters(peft, "default", 0.5);
+        var coupling = (NiceCoupling)peft.ModelAdapters["default"];
+        var layerNorm = peft.Layers.Single(l => l.Path == "cls.predictions.transform.LayerNorm");
+        using var hidden = randn(2, 5, 16);
+        using var adapted = layerNorm.call(hidden);
+        using (peft.DisableAdapters())
+        {
+            using var plain = layerNorm.call(hidden);
+            using var inverted = coupling.Inverse(plain);
+            Tensors.AssertClose(inverted, adapted, 1e-6, "inverse of the LayerNorm's output");
+        }
+    }
+
+    [Fact]
     public void An_invertible_adapter_at_the_embeddings_and_inverted_before_the_head_is_the_identity_at_init_and_inverts_exactly()
     {
         var mlm = TinyMlm();

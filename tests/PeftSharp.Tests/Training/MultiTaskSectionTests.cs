@@ -12,7 +12,7 @@ namespace PeftSharp.Tests.Training;
 
 public sealed class MultiTaskSectionTests(ITestOutputHelper output)
 {
-    /// <summary>Notebook 04's multi-task section: a base MLP on the pooled tasks, five frozen source LoRAs, then
+    /// <summary>Notebook 10's pipeline for one seed (it was notebook 04's multi-task section): a base MLP on the pooled tasks, five frozen source LoRAs, then
     /// ScaLearn variants, AdapterFusion and a fresh LoRA on task 5. Returns each composition's task-5 accuracy and a
     /// checksum of every trained tensor, so two runs can be compared bit for bit.</summary>
     static Dictionary<string, double> Section()
@@ -69,7 +69,7 @@ public sealed class MultiTaskSectionTests(ITestOutputHelper output)
     /// <summary>It failed before the library set MKL_CBWR: the source LoRAs differed in the last bits and AdapterFusion
     /// ended at 80% in one run and 68% in the next (see <see cref="Native.TorchSharpNative.PreferReproducibleMath"/>).</summary>
     [Fact]
-    public void Notebook_04s_multi_task_section_gives_the_same_numbers_twice_in_one_process()
+    public void The_multi_task_pipeline_of_notebook_10_gives_the_same_numbers_twice_in_one_process()
     {
         Assert.NotNull(Environment.GetEnvironmentVariable(Native.TorchSharpNative.ReproducibilityVariable));
         var first = Section();

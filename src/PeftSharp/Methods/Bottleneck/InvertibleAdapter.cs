@@ -74,7 +74,7 @@ public sealed class NiceCoupling : ModelAdapter
 }
 
 /// <summary>An invertible adapter's place in one layer (MAD-X, Pfeiffer et al. 2020, §3.2): the coupling on the layer's
-/// output (the embeddings), or, before a tied output head, its inverse on the head's input. Its tensors are the shared
+/// output (the embeddings), or, before a tied output head, its inverse on what enters the head (see <see cref="Apply"/>). Its tensors are the shared
 /// <see cref="NiceCoupling"/>'s.</summary>
 public sealed class InvertibleAdapter : AdapterModule
 {
@@ -93,6 +93,12 @@ public sealed class InvertibleAdapter : AdapterModule
 
     public override string CannotMergeReason => "an invertible adapter is a non-linear coupling of the features, which no change of the layer's weights reproduces.";
 
+    /// <summary>Forward: the coupling on the layer's output. Inverse: on what enters the tied output embedding, which is
+    /// the input of a Linear head, or the output of the LayerNorm that ends an MLM transform when the tied decoder is a
+    /// bare product with the embedding matrix (BERT's <c>cls.predictions.transform.LayerNorm</c>; AdapterHub applies the
+    /// inverse there, after the transform and right before the last embedding layer).</summary>
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer) =>
-        IsInverse ? baseLayer.call(_coupling().Inverse(x)) : _coupling().Forward(result);
+        !IsInverse ? _coupling().Forward(result)
+        : baseLayer is TorchSharp.Modules.LayerNorm ? _coupling().Inverse(result)
+        : baseLayer.call(_coupling().Inverse(x));
 }

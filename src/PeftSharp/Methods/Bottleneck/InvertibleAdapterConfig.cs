@@ -11,15 +11,17 @@ namespace PeftSharp.Methods.Bottleneck;
 /// 2015) on the input embeddings, o1 = e1 + F(e2), o2 = e2 + G(o1), with F and G small bottleneck MLPs; its exact
 /// inverse e2 = o2 − G(o1), e1 = o1 − F(e2) is applied to the last hidden states before a tied output embedding, so a
 /// language adapter can reshape the shared vocabulary space for masked language modelling. <see cref="AdapterConfig.TargetModules"/>
-/// names both places (e.g. BERT's <c>embeddings.LayerNorm</c> and an MLM head's <c>decoder</c>); those also in
-/// <see cref="InverseModules"/> get the inverse on their input. One coupling serves all of them (a
+/// names both places (e.g. BERT's <c>embeddings.LayerNorm</c> and the MLM transform's last module,
+/// <c>cls.predictions.transform.LayerNorm</c>); those also in <see cref="InverseModules"/> get the inverse on what enters
+/// the tied head: a Linear head's input, or a LayerNorm's output (right before a tied decoder that is a bare product). One coupling serves all of them (a
 /// <see cref="ModelAdapter"/>, keys <c>base_model.model.invertible_adapter.F_down.weight</c>, ...). F's and G's output
 /// layers start at 0, so the adapter is the identity at init (AdapterHub draws them at random). Saved with
 /// <c>peft_type</c> "INVERTIBLE" (this library's layout).
 /// </summary>
 public sealed record InvertibleAdapterConfig : AdapterConfig
 {
-    /// <summary>The targets whose input is mapped back through the inverse (the tied output head); must be targets.</summary>
+    /// <summary>The targets where the inverse applies (a Linear tied head: on its input; the LayerNorm before a bare tied
+    /// decoder: on its output); must be targets.</summary>
     [JsonPropertyName("inverse_modules"), JsonConverter(typeof(TargetModulesJsonConverter))]
     [Option("inverse", "inverse_modules: comma-separated targets (the tied output head) whose input goes through the inverse")]
     public TargetModules? InverseModules { get; init; }
@@ -58,7 +60,8 @@ public sealed record InvertibleAdapterConfig : AdapterConfig
         foreach (var path in targetPaths)
         {
             var (inWidth, outWidth) = Activations.Widths(modules[path], path);
-            long seen = IsInverse(path) ? inWidth : outWidth;
+            // The inverse maps what enters the tied head: a Linear head's input, or a final LayerNorm's output.
+            long seen = IsInverse(path) && modules[path] is not TorchSharp.Modules.LayerNorm ? inWidth : outWidth;
             if (seen != width)
                 throw new ArgumentException($"The invertible adapter is {width} wide (from '{forward[0]}'), but '{path}' {(IsInverse(path) ? "takes" : "gives")} {seen}: one coupling must fit every target.");
         }
