@@ -29,7 +29,7 @@ namespace PeftSharp.Methods.LowRank;
 /// (<see cref="AdaLoraConfig.RankPattern"/>) so that a save writes the pruned ranks, and records a
 /// <see cref="RankAllocation"/> snapshot (<see cref="Allocation"/>).
 /// </summary>
-public sealed class AdaLoraAllocator : IDisposable
+public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
 {
     readonly PeftModel _peft;
     readonly List<(string Path, AdaLoraLinearAdapter Adapter)> _targets;
