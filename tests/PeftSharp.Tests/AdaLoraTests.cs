@@ -179,6 +179,22 @@ public sealed class AdaLoraTests
     }
 
     [Fact]
+    public void A_pruned_PEFT_adapter_trains_further_at_its_loaded_ranks_with_no_allocation_left_to_run()
+    {
+        using var scope = NewDisposeScope();
+        var model = BaseModel();
+        var peft = PeftModel.Load(model, Path.Combine(FixtureDirectory, "mlp_adalora"), trainable: true);
+        var x = Read(Case["input"]!);
+        var target = Read(Case["target"]!);
+        var before = Adapter(peft, "lin0").E.detach().clone();
+        var log = new Trainer().Fit(peft, _ => new[] { 0 }, _ => functional.mse_loss(model.call(x), target), new TrainerOptions { Epochs = 3 });
+        Assert.Equal(3, log.Series("adalora_orth_reg").Count);
+        Assert.True(AdaLoraAllocator.Find(peft, "default")!.IsPruned);
+        Assert.Equal([3, 1], peft.Layers.Select(l => l["default"].Rank!.Value));
+        Tensors.AssertDifferent(before, Adapter(peft, "lin0").E, "lin0's singular values after three steps");
+    }
+
+    [Fact]
     public void The_budget_schedule_is_its_closed_form_warm_up_cubic_decay_then_the_target()
     {
         // b(t) = b0 for t ≤ tinit; ⌊(b0 − bT)(1 − (t − tinit)/(T − tfinal − tinit))³ + bT⌋ in between; bT after T − tfinal.

@@ -81,6 +81,10 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
     /// <summary>Record a snapshot of the ranks every this many steps (and at every allocation that changes them).</summary>
     public int SnapshotEvery { get; set; } = 10;
 
+    /// <summary>True when the adapter was loaded with fewer than init_r triplets in a layer (a file with a rank_pattern):
+    /// nothing is left to allocate, so <see cref="UpdateAndAllocate(int)"/> does nothing.</summary>
+    public bool IsPruned => _targets.Any(t => t.Adapter.R != Config.InitR);
+
     /// <summary>The ranks per target now and the snapshots recorded so far (layer × step).</summary>
     public RankAllocation Allocation => _allocation;
 
@@ -106,6 +110,9 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
     /// importance and mask to the budget on allocation steps; at T − tfinal, the final mask; after, re-apply it.</summary>
     public void UpdateAndAllocate(int globalStep)
     {
+        // An adapter loaded from a pruned file (rank_pattern) holds only its kept triplets: its allocation is over, and
+        // it trains at those ranks (PEFT's masks, init_r long, would not even fit its tensors).
+        if (IsPruned) return;
         using var scope = NewDisposeScope();
         var config = Config;
         int end = (config.TotalStep ?? 0) - config.Tfinal;
