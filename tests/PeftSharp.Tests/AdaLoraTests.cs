@@ -179,6 +179,14 @@ public sealed class AdaLoraTests
     }
 
     [Fact]
+    public void Inspecting_PEFTs_pruned_AdaLoRA_directory_finds_its_modules_at_the_ranks_of_its_rank_pattern()
+    {
+        var inspection = AdapterInspection.Read(Path.Combine(FixtureDirectory, "mlp_adalora"));
+        Assert.True(inspection.IsValid, string.Join("; ", inspection.Problems));
+        Assert.Equal([("lin0", 3), ("lin1", 1)], inspection.Modules.Select(m => (m.Path, m.Rank!.Value)).OrderBy(m => m.Path));
+    }
+
+    [Fact]
     public void A_pruned_PEFT_adapter_trains_further_at_its_loaded_ranks_with_no_allocation_left_to_run()
     {
         using var scope = NewDisposeScope();
