@@ -95,9 +95,11 @@ public static class HtmlViews
     public static string Spectrum(SingularSpectrum spectrum) =>
         "<div class=\"peftsharp-spectrum\">" + Line(spectrum.ToString()) + ChartHtml.Fragment(PeftCharts.Spectrum(spectrum)) + "</div>";
 
-    /// <summary>A rank allocation: bars per layer (or the layer × step heatmap) and its totals.</summary>
+    /// <summary>A rank allocation: bars per layer, or, when the ranks moved during training, the layer × step heatmap and
+    /// the final bars; and its totals.</summary>
     public static string RankAllocation(RankAllocation allocation) =>
-        "<div class=\"peftsharp-ranks\">" + Line(allocation.ToString()) + ChartHtml.Fragment(PeftCharts.RankAllocation(allocation)) + "</div>";
+        "<div class=\"peftsharp-ranks\">" + Line(allocation.ToString()) + ChartHtml.Fragment(PeftCharts.RankAllocation(allocation)) +
+        (allocation.ChangesOverTime ? ChartHtml.Fragment(PeftCharts.FinalRanks(allocation)) : "") + "</div>";
 
     /// <summary>Routing weights: one heatmap per layer, with each expert's load.</summary>
     public static string Routing(RoutingWeights routing) =>

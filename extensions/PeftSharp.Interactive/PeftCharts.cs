@@ -38,12 +38,21 @@ public static class PeftCharts
     {
         ArgumentNullException.ThrowIfNull(allocation);
         var title = $"rank allocation of '{allocation.AdapterName}' (total {allocation.TotalRank})";
-        if (!allocation.ChangesOverTime)
-            return Style(Chart.Column<int, string, string>(allocation.Ranks, Keys: allocation.Layers.ToArray(), Name: "rank"), title, "layer", "rank");
+        if (!allocation.ChangesOverTime) return FinalRanks(allocation);
         // z[layer][step]
         var z = allocation.Layers.Select((_, i) => allocation.History.Select(h => h.Ranks[i]).ToArray()).ToArray();
         return Style(Chart.Heatmap<int, string, string, string>(z, X: allocation.History.Select(h => $"step {h.Step}").ToArray(),
             Y: allocation.Layers.ToArray(), Name: "rank", ReverseYAxis: true), title + " over training", "step", "layer");
+    }
+
+    /// <summary>Bars of the rank per layer now (after training, for a method that moved rank).</summary>
+    public static GenericChart FinalRanks(RankAllocation allocation)
+    {
+        ArgumentNullException.ThrowIfNull(allocation);
+        var title = allocation.ChangesOverTime
+            ? $"final ranks of '{allocation.AdapterName}' at step {allocation.History[^1].Step} (total {allocation.TotalRank})"
+            : $"rank allocation of '{allocation.AdapterName}' (total {allocation.TotalRank})";
+        return Style(Chart.Column<int, string, string>(allocation.Ranks, Keys: allocation.Layers.ToArray(), Name: "rank"), title, "layer", "rank");
     }
 
     /// <summary>One heatmap per layer: rows (tokens, examples or tasks) × experts.</summary>

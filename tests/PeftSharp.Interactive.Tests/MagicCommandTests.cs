@@ -246,6 +246,7 @@ public sealed class MagicCommandTests
         ["scalearn"] = "--model sources --targets lin0 --sources a,b --kind scalar_shared",
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
+        ["adalora"] = "--model mlp --targets lin0,lin1 --init-r 4 --target-r 2 --total-step 20",
     };
 
     [Fact]
@@ -272,6 +273,27 @@ public sealed class MagicCommandTests
             var html = await k.Ok($"#!peft attach --method {method} {line} --as attached");
             Assert.True(html.Contains($"{method} 'default'") || html.Contains($"'default' ({method})"), $"{method}: {html[..Math.Min(300, html.Length)]}");
         }
+    }
+
+    [Fact]
+    public async Task Ranks_on_a_live_AdaLoRA_model_draw_the_allocation_it_made_while_training()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --method adalora --targets lin0,lin1 --init-r 6 --target-r 2 --tinit 2 --tfinal 3 --total-step 16");
+        await k.Ok("""
+            var y = torch.randn(4, 8);
+            var log = new Trainer().Fit(peft, e => new[] { 0 }, _ => torch.nn.functional.mse_loss(model.call(x), y), new TrainerOptions { Epochs = 16, LearningRate = 1e-2 });
+            """);
+        var html = await k.Ok("#!peft ranks --model peft");
+        // 12 triplets at the start, the target budget of 2 × 2 at the end, with the steps between recorded.
+        Assert.Contains("total rank 4", html);
+        Assert.Contains("steps recorded", html);
+        Assert.Contains("\"type\":\"heatmap\"", html);
+        Assert.Contains("\"type\":\"bar\"", html);
+        Assert.Contains("final ranks of 'default'", html);
+        Assert.Contains("step 0", html);
+        Assert.Equal(4, k.Value<PeftSharp.Training.TrainingLog>("log").RankAllocations["default"].TotalRank);
     }
 
     [Fact]

@@ -182,6 +182,13 @@ public static class MethodMatrix
         new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
             CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
         new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false, Method: "compacter++"),
+
+        // AdaLoRA (rank allocation during training)
+        new("mlp-adalora", MlpModel, MlpInput, () => new AdaLoraConfig { TargetModules = ["lin0", "lin1"], InitR = 4, TargetR = 2, TotalStep = 10, LoraAlpha = 8 }),
+        new("block-adalora-dropout", Block, BlockInput, () => new AdaLoraConfig
+        {
+            TargetModules = ["q", "v", "fc1", "fc2"], InitR = 3, TargetR = 1, TotalStep = 20, Tinit = 2, Tfinal = 5, LoraDropout = 0.1,
+        }),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });

@@ -122,6 +122,14 @@ public abstract record AdapterConfig
     /// saved with this adapter besides its own tensors, e.g. biases for LoRA's <c>bias="all"</c>.</summary>
     public virtual IEnumerable<string> TrainableBaseParameters(IEnumerable<string> parameterPaths, IReadOnlyList<string> targetPaths) => [];
 
+    /// <summary>
+    /// For methods that act during training besides their forward pass (AdaLoRA's rank allocation and orthogonality
+    /// regulariser): called by <see cref="Training.Trainer"/>'s <c>Fit(PeftModel, ...)</c> for each active adapter before
+    /// the first step, to add loss terms and step hooks to <paramref name="trainer"/>; the result is disposed after the
+    /// run to take them out. Null (the default) for methods that need nothing.
+    /// </summary>
+    public virtual IDisposable? AttachToTraining(PeftModel peft, string adapterName, Training.Trainer trainer) => null;
+
     // ---- the file ----
 
     /// <summary>This config as PEFT's <c>adapter_config.json</c> object. With <paramref name="asPlainDelta"/> a

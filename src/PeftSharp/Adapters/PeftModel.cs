@@ -24,6 +24,9 @@ public sealed partial class PeftModel
 
     bool _unloaded;
 
+    // What a method keeps per adapter while training (AdaLoRA's allocator), made on first use, freed with the adapter.
+    readonly Dictionary<string, object> _methodState = [];
+
     PeftModel(Module model) => Model = model;
 
     /// <summary>The model, with its adapter layers in place.</summary>
@@ -268,11 +271,37 @@ public sealed partial class PeftModel
             if (wrapper.AdapterNames.Count == 0) Unwrap(wrapper.Path, wrapper, wrapper.UnwrapAndDispose);
         }
         RemoveModelAdapter(adapterName);
+        if (_methodState.Remove(adapterName, out var state)) (state as IDisposable)?.Dispose();
         _adapters.RemoveAll(a => a.Name == adapterName);
         _active.Remove(adapterName);
         _averageWeights = null;
         if (_active.Count == 0 && _adapters.Count > 0) _active.Add(_adapters[0].Name);
         SyncLayers();
+    }
+
+    /// <summary>The training state a method keeps for <paramref name="adapterName"/> (e.g. AdaLoRA's allocator), made by
+    /// <paramref name="create"/> on first use; disposed when the adapter is deleted.</summary>
+    internal T MethodState<T>(string adapterName, Func<T> create) where T : class
+    {
+        if (!_adapters.Any(a => a.Name == adapterName)) throw UnknownAdapter(adapterName);
+        if (_methodState.TryGetValue(adapterName, out var state)) return (T)state;
+        var created = create();
+        _methodState[adapterName] = created;
+        return created;
+    }
+
+    /// <summary>The training state of <paramref name="adapterName"/> if a method made one, else null.</summary>
+    internal T? FindMethodState<T>(string adapterName) where T : class => _methodState.GetValueOrDefault(adapterName) as T;
+
+    /// <summary>Replaces an adapter's config by one that differs only in what training decided (AdaLoRA's rank_pattern),
+    /// so that a save writes it.</summary>
+    internal void ReplaceConfig(string adapterName, AdapterConfig config)
+    {
+        int index = _adapters.FindIndex(a => a.Name == adapterName);
+        if (index < 0) throw UnknownAdapter(adapterName);
+        if (config.GetType() != _adapters[index].Config.GetType())
+            throw new ArgumentException($"Adapter '{adapterName}' is {_adapters[index].Config.MethodName}; its config cannot become a {config.GetType().Name}.", nameof(config));
+        _adapters[index] = (adapterName, config);
     }
 
     void RemoveModelAdapter(string adapterName)

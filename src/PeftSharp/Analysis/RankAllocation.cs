@@ -2,6 +2,14 @@ using PeftSharp.Adapters;
 
 namespace PeftSharp.Analysis;
 
+/// <summary>A method that moves rank during training and records where it stands (AdaLoRA's allocator): what
+/// <see cref="RankAllocation.Of"/> returns for its adapter instead of a single snapshot.</summary>
+public interface IRankAllocationRecorder
+{
+    /// <summary>The ranks per layer now and the snapshots recorded during training.</summary>
+    RankAllocation Allocation { get; }
+}
+
 /// <summary>The ranks of every layer at one training step (for methods whose ranks change while training).</summary>
 public sealed record RankSnapshot(int Step, IReadOnlyList<int> Ranks);
 
@@ -34,7 +42,8 @@ public sealed record RankAllocation(string AdapterName, IReadOnlyList<string> La
         (ChangesOverTime ? $", {History.Count} steps recorded" : "");
 
     /// <summary>The current rank of adapter <paramref name="adapterName"/> (default: the first active one) in every
-    /// layer that holds it, as one snapshot at step 0.</summary>
+    /// layer that holds it, as one snapshot at step 0; for an adapter whose method moved rank while training here
+    /// (<see cref="IRankAllocationRecorder"/>, AdaLoRA), the allocation it recorded, layer × step.</summary>
     public static RankAllocation Of(PeftModel peft, string? adapterName = null)
     {
         ArgumentNullException.ThrowIfNull(peft);
@@ -42,6 +51,7 @@ public sealed record RankAllocation(string AdapterName, IReadOnlyList<string> La
             ?? throw new InvalidOperationException("The model has no adapters; attach one first.");
         if (!peft.AdapterNames.Contains(name))
             throw new ArgumentException($"No adapter named '{name}'. Adapters: {string.Join(", ", peft.AdapterNames)}.", nameof(adapterName));
+        if (peft.FindMethodState<IRankAllocationRecorder>(name) is { } recorder) return recorder.Allocation;
         var layers = peft.Layers.Where(l => l.Contains(name)).ToList();
         var ranked = layers.Where(l => l[name].Rank is not null).ToList();
         if (ranked.Count == 0)

@@ -74,9 +74,13 @@ public sealed class TrainingStepContext
 {
     readonly Dictionary<string, double> _reported;
 
+    readonly TrainingLog? _log;
+
     internal TrainingStepContext(int step, int epoch, double learningRate, nn.Module model,
-                                 IReadOnlyList<(string Name, Parameter Parameter)> parameters, double loss, Dictionary<string, double> reported)
+                                 IReadOnlyList<(string Name, Parameter Parameter)> parameters, double loss, Dictionary<string, double> reported,
+                                 TrainingLog? log = null)
     {
+        _log = log;
         Step = step;
         Epoch = epoch;
         LearningRate = learningRate;
@@ -109,6 +113,15 @@ public sealed class TrainingStepContext
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         _reported[name] = value;
+    }
+
+    /// <summary>Records where a method that moves rank during training (AdaLoRA) stands: the log keeps the latest
+    /// <see cref="Analysis.RankAllocation"/> per adapter, with the snapshots the method took
+    /// (<see cref="TrainingLog.RankAllocations"/>).</summary>
+    public void RecordRanks(Analysis.RankAllocation allocation)
+    {
+        ArgumentNullException.ThrowIfNull(allocation);
+        _log?.RecordRanks(allocation);
     }
 }
 
@@ -207,7 +220,16 @@ public sealed class Trainer
         if (TrainableParameters(peft.Model).Count == 0)
             throw new InvalidOperationException($"The PeftModel's active adapters ({adapters}) have no trainable parameters (loaded with trainable: false, or frozen); " +
                                                 "load them with trainable: true or set requires_grad on the parameters to train.");
-        return Run(peft.Model, batches, loss, options, evaluate, name ?? adapters, adapters);
+        // Methods that act during training (AdaLoRA's allocation and regulariser) join this run and leave after it.
+        var attached = peft.ActiveAdapters.Select(a => peft.Config(a).AttachToTraining(peft, a, this)).OfType<IDisposable>().ToList();
+        try
+        {
+            return Run(peft.Model, batches, loss, options, evaluate, name ?? adapters, adapters);
+        }
+        finally
+        {
+            foreach (var detach in attached) detach.Dispose();
+        }
     }
 
     /// <summary>
@@ -261,7 +283,7 @@ public sealed class Trainer
                     parameters = UpdateTrainableSet(model, parameters, optimizer, log, step + 1);
 
                     var reported = new Dictionary<string, double>();
-                    var (lossValue, gradientNorm) = TrainStep(model, batch, loss, parameters, optimizer, options, step + 1, epoch, lr, reported);
+                    var (lossValue, gradientNorm) = TrainStep(model, batch, loss, parameters, optimizer, options, step + 1, epoch, lr, reported, log);
                     step++;
                     log.Add(new TrainingStep(step, epoch, lossValue, lr, gradientNorm, clock.Elapsed) { Reported = reported });
 
@@ -293,7 +315,8 @@ public sealed class Trainer
     /// finite.</summary>
     (double Loss, double? GradientNorm) TrainStep<TBatch>(nn.Module model, TBatch batch, Func<TBatch, Tensor> loss,
                                                          IReadOnlyList<(string Name, Parameter Parameter)> parameters, AdamWOptimizer optimizer,
-                                                         TrainerOptions options, int step, int epoch, double lr, Dictionary<string, double> reported)
+                                                         TrainerOptions options, int step, int epoch, double lr, Dictionary<string, double> reported,
+                                                         TrainingLog log)
     {
         using var scope = NewDisposeScope();
         ZeroGradients(parameters);
@@ -320,7 +343,7 @@ public sealed class Trainer
                 grad.mul_(mask);
         CheckGradients(parameters, step, lossValue);
 
-        var context = new TrainingStepContext(step, epoch, lr, model, parameters, lossValue, reported);
+        var context = new TrainingStepContext(step, epoch, lr, model, parameters, lossValue, reported, log);
         AfterBackward?.Invoke(context);
         double? gradientNorm = null;
         if (options.MaxGradientNorm is double maxNorm)

@@ -106,4 +106,13 @@ public sealed class TrainingLog
     internal void Add(TrainableSetChange change) => _changes.Add(change);
 
     internal void Add(Evaluation evaluation) => _evaluations.Add(evaluation);
+
+    readonly Dictionary<string, Analysis.RankAllocation> _rankAllocations = [];
+
+    /// <summary>Where each adapter whose method moves rank during training (AdaLoRA) stood at the end of the run: its
+    /// ranks per layer and the snapshots (layer × step) the method recorded, by adapter name. Empty for fixed-rank
+    /// methods.</summary>
+    public IReadOnlyDictionary<string, Analysis.RankAllocation> RankAllocations => _rankAllocations;
+
+    internal void RecordRanks(Analysis.RankAllocation allocation) => _rankAllocations[allocation.AdapterName] = allocation;
 }

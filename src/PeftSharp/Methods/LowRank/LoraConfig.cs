@@ -223,9 +223,16 @@ public sealed record LoraConfig : AdapterConfig
 
     protected internal override void WriteFixedFields(JsonObject json)
     {
-        json["fan_in_fan_out"] = false;
         json["rank_pattern"] ??= new JsonObject();
         json["alpha_pattern"] ??= new JsonObject();
+        WriteUnusedLoraFields(json);
+    }
+
+    /// <summary>The fields PEFT's <c>LoraConfig</c> (and so <c>AdaLoraConfig</c>) writes for features this library does
+    /// not use, at PEFT's defaults.</summary>
+    internal static void WriteUnusedLoraFields(JsonObject json)
+    {
+        json["fan_in_fan_out"] = false;
         foreach (var field in UnusedNullFields) json[field] = null;
         json["megatron_core"] = "megatron.core";
         json["loftq_config"] = new JsonObject();
@@ -237,6 +244,15 @@ public sealed record LoraConfig : AdapterConfig
     /// <summary>Refuses files that ask for a LoRA feature this library does not have, naming them.</summary>
     protected internal override AdapterConfig ReadFixedFields(JsonObject json, string file)
     {
+        var unsupported = UnsupportedLoraFeatures(json);
+        if (unsupported.Count > 0)
+            throw new AdapterConfigException($"{file}: this LoRA adapter uses features PeftSharp does not support: {string.Join(", ", unsupported)}.");
+        return this;
+    }
+
+    /// <summary>The LoRA features a file asks for that this library does not have, as "field=value".</summary>
+    internal static List<string> UnsupportedLoraFeatures(JsonObject json)
+    {
         var unsupported = new List<string>();
         void Unsupported(string field, bool condition) { if (condition) unsupported.Add($"{field}={json[field]?.ToJsonString()}"); }
         Unsupported("fan_in_fan_out", json["fan_in_fan_out"] is JsonValue f && f.TryGetValue<bool>(out var fan) && fan);
@@ -245,9 +261,7 @@ public sealed record LoraConfig : AdapterConfig
             Unsupported(field, json[field] is not null);
         Unsupported("target_parameters", json["target_parameters"] is JsonArray { Count: > 0 });
         Unsupported("use_bdlora", json["use_bdlora"] is JsonValue v && !(v.TryGetValue<bool>(out var b) && !b));
-        if (unsupported.Count > 0)
-            throw new AdapterConfigException($"{file}: this LoRA adapter uses features PeftSharp does not support: {string.Join(", ", unsupported)}.");
-        return this;
+        return unsupported;
     }
 
     public override IReadOnlyList<string> FileTensorMarkers => [".lora_"];
