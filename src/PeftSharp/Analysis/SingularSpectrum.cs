@@ -16,6 +16,10 @@ public enum SpectrumSource
 
     /// <summary>The weight the layer acts with: W + ΔW.</summary>
     Adapted,
+
+    /// <summary>The Van Loan rearrangement R(W) of a weight (<see cref="KroneckerSpectrum"/>): its singular values say how
+    /// many Kronecker-product terms W needs.</summary>
+    Kronecker,
 }
 
 /// <summary>
@@ -43,6 +47,9 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
         return CumulativeEnergy.Count;
     }
 
+    /// <summary>The number of values before the spectrum's elbow (<see cref="SpectrumMarkers.Elbow"/>).</summary>
+    public int Elbow => SpectrumMarkers.Elbow(Values);
+
     /// <summary>The energy share of the top <see cref="AdapterRank"/> singular values, when a rank is marked.</summary>
     public double? EnergyAtAdapterRank => AdapterRank is int r && r > 0 && CumulativeEnergy.Count > 0 ? CumulativeEnergy[Math.Min(r, CumulativeEnergy.Count) - 1] : null;
 
@@ -66,6 +73,7 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
     {
         SpectrumSource.Delta => $"ΔW of adapter '{AdapterName}' at {Layer}",
         SpectrumSource.Adapted => $"W + ΔW ('{AdapterName}') at {Layer}",
+        SpectrumSource.Kronecker => $"Kronecker spectrum R(W) at {Layer}",
         _ => $"W at {Layer}",
     }) + $" [{string.Join(" x ", Shape)}]";
 
