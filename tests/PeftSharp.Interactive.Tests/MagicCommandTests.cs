@@ -246,6 +246,10 @@ public sealed class MagicCommandTests
         ["scalearn"] = "--model sources --targets lin0 --sources a,b --kind scalar_shared",
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
+        ["sorsa"] = "--model mlp --targets lin0 --rank 2 --gamma 0.001",
+        ["svfit"] = "--model mlp --targets lin0,lin1 --energy 0.9",
+        ["loldu"] = "--model mlp --targets lin0 --rank 3",
+        ["hydra"] = "--model mlp --targets lin0 --rank 2 --branches sequential",
     };
 
     [Fact]

@@ -1,6 +1,7 @@
 using PeftSharp.Adapters;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
+using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models.Bert;
 using PeftSharp.Models.Gpt;
@@ -182,6 +183,18 @@ public static class MethodMatrix
         new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
             CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
         new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false, Method: "compacter++"),
+
+        // The decomposition family: adapters initialised from a decomposition of W (SVD, LU), exactly the identity at init,
+        // and Hydra's parallel + sequential branches.
+        new("mlp-sorsa", MlpModel, MlpInput, () => new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 4 }),
+        new("block-sorsa", Block, BlockInput, () => new SorsaConfig { TargetModules = ["q", "v", "fc1"], R = 2 }),
+        new("mlp-svfit-energy", MlpModel, MlpInput, () => new SvfitConfig { TargetModules = ["lin0", "lin1"], EnergyThreshold = 0.8 }),
+        new("block-svfit-rank", Block, BlockInput, () => new SvfitConfig { TargetModules = BlockTargets, R = 3 }),
+        new("mlp-loldu", MlpModel, MlpInput, () => new LolduConfig { TargetModules = ["lin0", "lin1"], R = 4 }),
+        new("block-loldu", Block, BlockInput, () => new LolduConfig { TargetModules = BlockTargets, R = 2 }),
+        new("mlp-hydra", MlpModel, MlpInput, () => new HydraConfig { TargetModules = ["lin0", "lin1"], R = 4, Alpha = 8 }),
+        new("block-hydra-sequential", Block, BlockInput, () => new HydraConfig { TargetModules = ["q", "fc1", "fc2"], R = 2, Branches = "sequential" }),
+        new("gpt-hydra", TinyGptModel, TinyGptInput, () => new HydraConfig { TargetModules = ["q_proj", "v_proj", "down_proj"], R = 2 }),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });
