@@ -162,4 +162,24 @@ public sealed class DecompositionAnalysisTests
         Assert.Equal(4, KroneckerSpectrum.BalancedFactor(24));
         Assert.Equal(1, KroneckerSpectrum.BalancedFactor(7));
     }
+
+    [Fact]
+    public void The_full_fine_tuning_delta_spectrum_is_the_spectrum_of_the_weight_difference()
+    {
+        manual_seed(9);
+        var reference = new Mlp(16, 32, 8);
+        manual_seed(9);
+        var tuned = new Mlp(16, 32, 8);
+        manual_seed(10);
+        var u = randn(32, 1);
+        var v = randn(1, 16);
+        using (no_grad()) tuned.named_parameters().Single(p => p.name == "lin0.weight").parameter.add_(u.matmul(v));
+        var spectrum = SingularSpectrum.OfFullDelta(tuned, reference, "lin0");
+        Assert.Equal(SpectrumSource.FullDelta, spectrum.Source);
+        Assert.Contains("full fine-tuning", spectrum.Title);
+        Assert.Equal(u.norm().item<float>() * v.norm().item<float>(), spectrum.Values[0], 3);
+        Assert.All(spectrum.Values.Skip(1), x => Assert.True(x < 1e-4, $"a rank-1 change has one singular value; got {x}"));
+        var other = Assert.Throws<ArgumentException>(() => SingularSpectrum.OfFullDelta(tuned, new Mlp(16, 30, 8), "lin0"));
+        Assert.Contains("same model", other.Message);
+    }
 }
