@@ -261,6 +261,7 @@ public sealed class MagicCommandTests
         ["svfit"] = "--model mlp --targets lin0,lin1 --energy 0.9",
         ["loldu"] = "--model mlp --targets lin0 --rank 3",
         ["hydra"] = "--model mlp --targets lin0 --rank 2 --branches sequential",
+        ["soka"] = "--model mlp --targets lin0,lin1 --select elbow",
         ["corda"] = "--model mlp --targets lin0 --rank 2 --calibration batches",
         ["corda-kpm"] = "--model mlp --targets lin0,lin1 --rank 2 --calibration batches",
     };

@@ -153,3 +153,42 @@ public sealed class DecompositionMethodTests
         Assert.Contains("parallel", bad.Message);
     }
 }
+
+public sealed class SokaTests
+{
+    [Fact]
+    public void Soka_starts_from_the_kpsvd_of_w_and_computes_the_residual_plus_the_trained_kronecker_terms()
+    {
+        manual_seed(41);
+        var model = new Mlp(16, 32, 8);
+        var lin1 = (TorchSharp.Modules.Linear)model.named_modules().Single(m => m.name == "lin1").module;
+        var w = lin1.weight!.detach().to(ScalarType.Float64).clone();
+        var b = lin1.bias!.detach().to(ScalarType.Float64).clone();
+        var peft = PeftModel.Create(model, new SokaConfig { TargetModules = ["lin1"], EnergyThreshold = 0.6, GridRows = 4, GridCols = 8 });
+        var layer = peft.Layers.Single();
+        var adapter = (SokaAdapter)layer["default"];
+
+        var spectrum = KroneckerSpectrum.Of(w, 4, 8);
+        Assert.Equal(spectrum.RankForEnergy(0.6), adapter.Terms);
+        Assert.Equal([adapter.Terms, 4L, 8], adapter.A.shape);
+        Assert.Equal([adapter.Terms, 8L, 4], adapter.B.shape);
+        var (a0, b0) = KroneckerSpectrum.Decompose(w, 4, 8, adapter.Terms);
+        var initial = KroneckerSpectrum.Compose(a0, b0);
+        Tensors.AssertClose(initial, KroneckerSpectrum.Compose(adapter.A.detach(), adapter.B.detach()).to(ScalarType.Float64), 1e-4, "A_k, B_k start from the KPSVD");
+
+        Tensors.PerturbAdapters(peft, "default", 0.2);
+        manual_seed(42);
+        var x = randn(5, 32);
+        var adapted = w - initial;                                  // the frozen residual
+        for (int k = 0; k < adapter.Terms; k++)
+            adapted = adapted + kron(adapter.A[k].detach().to(ScalarType.Float64), adapter.B[k].detach().to(ScalarType.Float64));
+        Tensor y;
+        using (no_grad()) y = layer.call(x).to(ScalarType.Float64);
+        Tensors.AssertClose(x.to(ScalarType.Float64).matmul(adapted.t()) + b, y, 1e-4, "y = (W_res + Σ_k A_k ⊗ B_k) x + b");
+
+        var elbow = PeftModel.Create(new Mlp(16, 32, 8), new SokaConfig { TargetModules = ["lin1"], TermSelection = "elbow" });
+        var bad = Assert.Throws<ArgumentOutOfRangeException>(() => PeftModel.Create(new Mlp(16, 32, 8), new SokaConfig { TargetModules = ["lin1"], GridRows = 5 }));
+        Assert.Contains("does not divide", bad.Message);
+        Assert.True(elbow.Layers.Single()["default"].Rank >= 1);
+    }
+}
