@@ -91,9 +91,12 @@ public static class HtmlViews
         return "<div class=\"peftsharp-training\">" + Line(text) + evaluation + (log.Steps.Count > 0 ? ChartHtml.Fragment(PeftCharts.Loss(log)) : "") + "</div>";
     }
 
-    /// <summary>A spectrum: its chart and a line of numbers (effective rank, energy at the adapter rank).</summary>
-    public static string Spectrum(SingularSpectrum spectrum) =>
-        "<div class=\"peftsharp-spectrum\">" + Line(spectrum.ToString()) + ChartHtml.Fragment(PeftCharts.Spectrum(spectrum)) + "</div>";
+    /// <summary>A spectrum: its chart and a line of numbers (effective rank, energy at the adapter rank; with
+    /// <paramref name="energy"/>, the energy rank for that share and the elbow).</summary>
+    public static string Spectrum(SingularSpectrum spectrum, double? energy = null) =>
+        "<div class=\"peftsharp-spectrum\">" + Line(spectrum.ToString() +
+            (energy is double e && spectrum.Values.Count > 0 ? $"; {100 * e:0.##}% energy at k = {spectrum.RankForEnergy(e)}, elbow at k = {spectrum.Elbow}" : ""))
+        + ChartHtml.Fragment(PeftCharts.Spectrum(spectrum, energy)) + "</div>";
 
     /// <summary>A rank allocation: bars per layer, or, when the ranks moved during training, the layer × step heatmap and
     /// the final bars; and its totals.</summary>

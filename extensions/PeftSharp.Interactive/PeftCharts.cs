@@ -16,8 +16,10 @@ public static class PeftCharts
 {
     const int Height = 380;
 
-    /// <summary>Singular values (as σ_k / σ_1) and cumulative energy against k, with the adapter rank marked.</summary>
-    public static GenericChart Spectrum(SingularSpectrum spectrum)
+    /// <summary>Singular values (as σ_k / σ_1) and cumulative energy against k, with the adapter rank marked; with
+    /// <paramref name="energy"/>, also the energy rank for that share and the spectrum's elbow
+    /// (<see cref="SpectrumMarkers"/>).</summary>
+    public static GenericChart Spectrum(SingularSpectrum spectrum, double? energy = null)
     {
         ArgumentNullException.ThrowIfNull(spectrum);
         var k = Enumerable.Range(1, spectrum.Values.Count).ToArray();
@@ -30,6 +32,12 @@ public static class PeftCharts
         if (spectrum.AdapterRank is int r)
             traces.Add(Chart.Line<int, double, string>([r, r], [0, 1], Name: $"adapter rank r = {r}" +
                 (spectrum.EnergyAtAdapterRank is double e ? $" ({100 * e:0.#}% energy)" : ""), LineDash: StyleParam.DrawingStyle.Dash));
+        if (energy is double fraction && spectrum.Values.Count > 0)
+        {
+            int kEnergy = spectrum.RankForEnergy(fraction), kElbow = spectrum.Elbow;
+            traces.Add(Chart.Line<int, double, string>([kEnergy, kEnergy], [0, 1], Name: $"{100 * fraction:0.##}% energy at k = {kEnergy}", LineDash: StyleParam.DrawingStyle.Dot));
+            traces.Add(Chart.Line<int, double, string>([kElbow, kElbow], [0, 1], Name: $"elbow at k = {kElbow}", LineDash: StyleParam.DrawingStyle.DashDot));
+        }
         return Style(Chart.Combine(traces), spectrum.Title, "k (singular value index)", "share");
     }
 

@@ -73,7 +73,8 @@ public sealed class PeftMagicCommands
 
         Add<PeftAttach>(root, "attach", "Attach an adapter to a model variable", Attach,
             [Model("the model (a TorchSharp module) to adapt"), Method(), P("--targets", "modules to adapt: names 'q,v', 're:<regex>' or 'all-linear'"),
-             P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"), .. MethodOptions()]);
+             P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"),
+             P("--calibration", "variable holding input batches (a Tensor or a list of Tensors) for methods that initialise from input statistics (corda)"), .. MethodOptions()]);
         Add<PeftSummary>(root, "summary", "Per layer: method, rank, parameters, merged or not, active adapters", Summary, [Model("the adapted model")]);
         Add<PeftTargets>(root, "targets", "Preview which modules a target pattern matches (changes nothing)", Targets,
             [Model("the model"), P("--targets", "names 'q,v', 're:<regex>' or 'all-linear'"), Method()]);
@@ -85,9 +86,12 @@ public sealed class PeftMagicCommands
         Add<PeftLoad>(root, "load", "Load a PEFT adapter directory into a model", Load,
             [Model("the model to load into"), P("--path", "adapter directory"), P("--name", "adapter name (default 'default')"),
              P("--as", "variable that receives the adapted model (default 'peft')"), Flag("--trainable", "make the loaded adapter trainable")]);
-        Add<PeftSpectrum>(root, "spectrum", "Singular spectrum of a layer's weight or adapter delta", Spectrum,
-            [Model("the model"), Layer(), P("--of", "delta (default for an adapted model) | weight | adapted").AddCompletions(() => ["delta", "weight", "adapted"]),
-             P("--adapter", "adapter name (default: the first active)")]);
+        Add<PeftSpectrum>(root, "spectrum", "Singular spectrum of a layer's weight, adapter delta, full fine-tuning delta or Kronecker rearrangement", Spectrum,
+            [Model("the model"), Layer(), P("--of", "delta (default for an adapted model) | weight | adapted | full-delta (needs --reference) | kronecker").AddCompletions(() => SpectrumSources),
+             P("--adapter", "adapter name (default: the first active)"),
+             P("--reference", "for --of full-delta: variable holding the model before fine-tuning").AddCompletions(() => ModelVariables().Select(v => v.Name)),
+             P("--grid", "for --of kronecker: the block grid m1xn1 of W = Σ A_k ⊗ B_k, A_k m1 x n1 (default: balanced divisors)"),
+             P("--energy", "mark the rank holding this share of the energy, and the elbow, e.g. 0.99").AddCompletions(() => ["0.9", "0.95", "0.99"])]);
         Add<PeftRanks>(root, "ranks", "Rank allocation across layers", Ranks, [Model("the adapted model"), P("--adapter", "adapter name (default: the first active)")]);
         Add<PeftRouting>(root, "routing", "Routing weights (token/task x expert) per layer", Routing,
             [Model("the adapted model"), P("--weights", "a variable holding a RoutingWeights record instead")]);
@@ -190,7 +194,9 @@ public sealed class PeftMagicCommands
             });
 
     /// <summary>The parameters of <c>#!peft attach</c> that do not belong to a method.</summary>
-    static readonly string[] AttachParameters = ["--model", "--method", "--targets", "--name", "--as"];
+    static readonly string[] AttachParameters = ["--model", "--method", "--targets", "--name", "--as", "--calibration"];
+
+    static readonly string[] SpectrumSources = ["delta", "weight", "adapted", "full-delta", "kronecker"];
 
     /// <summary>
     /// Completions for a <c>#!peft attach</c> line: after <c>--</c>, the attach parameters and the options of the method the
@@ -241,20 +247,43 @@ public sealed class PeftMagicCommands
         // Prompts and prefixes go into the model's hooks, not into layers.
         var where = config.TargetsLayers ? $"{selection.Matched.Count} layer(s) of '{modelName}'" : $"the prompt hooks of '{modelName}'";
 
+        var calibrate = Calibration(command, config, method, module);
         var existing = value as PeftModel ?? FindPeftModel(module);
         if (existing is not null)
         {
-            existing.AddAdapter(adapterName, config);
+            existing.AddAdapter(adapterName, config, calibrate);
             Show(context, HtmlViews.Note($"Added adapter '{adapterName}' ({method.Name}) to {where}. " +
                                          $"Active adapters stay {string.Join(", ", existing.ActiveAdapters)}: call SetActiveAdapters(\"{adapterName}\") to train it.") +
                                 HtmlViews.PeftModel(existing));
             return;
         }
-        var peft = PeftModel.Create(module, config, adapterName);
+        var peft = PeftModel.Create(module, config, adapterName, calibrate);
         var variable = command.Text("as") ?? "peft";
         await _kernel.SetValueAsync(variable, peft, typeof(PeftModel));
         Show(context, HtmlViews.Note($"Attached {method.Name} '{adapterName}' to {where}; the variable '{variable}' holds the adapted model.") +
                       HtmlViews.PeftModel(peft));
+    }
+
+    // --calibration names a variable of input batches; the action runs the model on each (CorDA's covariance).
+    Action? Calibration(PeftDirectiveCommand command, AdapterConfig config, MethodInfo method, Module module)
+    {
+        var name = command.Text("calibration");
+        if (!config.NeedsCalibration)
+            return name is null ? null : throw new ArgumentException($"{method.Name} does not initialise from input statistics; leave out --calibration.");
+        if (name is null)
+            throw new ArgumentException($"{method.Name} initialises from the covariance of each target's inputs: give --calibration <variable>, a Tensor or a list of Tensors of model inputs, e.g. var batches = new[] {{ torch.randn(8, 16) }};.");
+        if (!_kernel.TryGetValue<object>(name, out var value))
+            throw new ArgumentException($"No variable '{name}' in the C# kernel; --calibration names a variable holding input batches (a Tensor or a list of Tensors).");
+        IReadOnlyList<torch.Tensor> batches = value switch
+        {
+            torch.Tensor t => [t],
+            IEnumerable<torch.Tensor> list => list.ToList(),
+            _ => throw new ArgumentException($"'{name}' is a {value?.GetType().Name ?? "null"}; --calibration needs a Tensor or a list of Tensors of model inputs."),
+        };
+        if (batches.Count == 0) throw new ArgumentException($"'{name}' holds no batches; give at least one input Tensor.");
+        if (module is not Module<torch.Tensor, torch.Tensor> callable)
+            throw new ArgumentException($"The model is a {module.GetType().Name}, which does not take a Tensor; calibrate in C# with PeftModel.Create(model, config, calibrate: ...).");
+        return () => { foreach (var batch in batches) callable.call(batch).Dispose(); };
     }
 
     Task Summary(PeftSummary command, KernelInvocationContext context)
@@ -334,20 +363,60 @@ public sealed class PeftMagicCommands
         var of = (command.Text("of") ?? (peft is null ? "weight" : "delta")).ToLowerInvariant();
         var layer = command.Text("layer");
         var adapter = command.Text("adapter");
-        if (of is not ("weight" or "delta" or "adapted"))
-            throw new ArgumentException($"--of '{of}' is not a spectrum source; use delta, weight or adapted.");
-        if (of != "weight" && peft is null)
+        if (!SpectrumSources.Contains(of))
+            throw new ArgumentException($"--of '{of}' is not a spectrum source; use delta, weight, adapted, full-delta or kronecker.");
+        if (of is "delta" or "adapted" && peft is null)
             throw new ArgumentException($"'{name}' has no adapters, so it has no {of} spectrum; use --of weight, or attach an adapter first.");
+        double? energy = null;
+        if (command.Text("energy") is { } energyText)
+            energy = double.TryParse(energyText, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var e) && e > 0 && e <= 1 ? e
+                : throw new ArgumentException($"--energy '{energyText}' is not a share of the energy; give a number in (0, 1], e.g. 0.99.");
+        Module? reference = null;
+        if (of == "full-delta")
+        {
+            var referenceName = command.Text("reference")
+                ?? throw new ArgumentException("--of full-delta compares the model with a copy from before fine-tuning: give --reference <variable>.");
+            reference = _kernel.TryGetValue<object>(referenceName, out var referenceValue) ? AsModule(referenceName, referenceValue)
+                : throw new ArgumentException($"No variable '{referenceName}' in the C# kernel; --reference names the model before fine-tuning.");
+        }
+        else if (command.Text("reference") is not null) throw new ArgumentException("--reference is for --of full-delta only.");
+        if (of != "kronecker" && command.Text("grid") is not null) throw new ArgumentException("--grid is for --of kronecker only.");
         var layers = layer is not null ? [layer]
             : peft?.Layers.Select(l => l.Path).ToList() ?? throw new ArgumentException($"--layer is required for a model without adapters, e.g. --layer {FirstLinear(module)}.");
         var spectra = layers.Select(l => of switch
         {
             "delta" => SingularSpectrum.OfDelta(peft!, l, adapter),
             "adapted" => SingularSpectrum.OfAdapted(peft!, l, adapter),
+            "full-delta" => SingularSpectrum.OfFullDelta(module, reference!, l),
+            "kronecker" => Kronecker(module, l, command.Text("grid")),
             _ => SingularSpectrum.OfWeight(module, l),
         }).ToList();
-        Show(context, string.Join("\n", spectra.Select(HtmlViews.Spectrum)));
+        Show(context, string.Join("\n", spectra.Select(s => HtmlViews.Spectrum(s, energy))));
         return Task.CompletedTask;
+    }
+
+    // The Kronecker spectrum of a layer's base weight on an m1 x n1 grid of blocks (--grid, else balanced divisors).
+    static SingularSpectrum Kronecker(Module model, string layer, string? grid)
+    {
+        var weight = SingularSpectrum.OfWeight(model, layer);   // checks the layer and reads its shape
+        if (weight.Shape.Count != 2) throw new ArgumentException($"'{layer}' has a weight of shape [{string.Join(", ", weight.Shape)}]; the Kronecker spectrum needs a matrix.");
+        long rows = weight.Shape[0], cols = weight.Shape[1];
+        int m1 = KroneckerSpectrum.BalancedFactor(rows), n1 = KroneckerSpectrum.BalancedFactor(cols);
+        if (grid is not null)
+        {
+            var parts = grid.ToLowerInvariant().Split('x');
+            if (parts.Length != 2 || !int.TryParse(parts[0], out m1) || !int.TryParse(parts[1], out n1) || m1 < 1 || n1 < 1 || rows % m1 != 0 || cols % n1 != 0)
+                throw new ArgumentException($"--grid '{grid}' is not a block grid of '{layer}' ({rows} x {cols}): give m1xn1 with m1 dividing {rows} and n1 dividing {cols}, e.g. {KroneckerSpectrum.BalancedFactor(rows)}x{KroneckerSpectrum.BalancedFactor(cols)}.");
+        }
+        var module = FindModuleWeight(model, layer);
+        return KroneckerSpectrum.Of(module, m1, n1, layer);
+    }
+
+    static torch.Tensor FindModuleWeight(Module model, string layer)
+    {
+        var module = model.named_modules().First(m => m.name == layer).module;
+        var baseModule = module is AdapterLayer adapted ? adapted.BaseLayer : module;
+        return baseModule.get_parameter("weight")!;
     }
 
     Task Ranks(PeftRanks command, KernelInvocationContext context)

@@ -132,8 +132,19 @@ public sealed class MagicCommandTests
         Assert.Contains("ΔW of adapter 'default' at lin1", deltas);
         Assert.Contains(ChartHtml.ChartClass, deltas);
         Assert.Contains("W + ΔW", await k.Ok("#!peft spectrum --model peft --layer lin1 --of adapted"));
-        Assert.Contains("delta, weight or adapted", await k.Fails("#!peft spectrum --model peft --of gradient"));
+        Assert.Contains("delta, weight, adapted, full-delta or kronecker", await k.Fails("#!peft spectrum --model peft --of gradient"));
         Assert.Contains("No module 'lin7'", await k.Fails("#!peft spectrum --model peft --layer lin7"));
+        // The new views: a full fine-tuning delta against a copy of the model, the Kronecker spectrum, energy and elbow marks.
+        await k.Ok("torch.manual_seed(0); var before = new Mlp(16, 32, 8); torch.manual_seed(0); var tuned = new Mlp(16, 32, 8); using (torch.no_grad()) tuned.parameters().First().add_(torch.randn(32, 16) * 0.1f);");
+        var full = await k.Ok("#!peft spectrum --model tuned --reference before --layer lin0 --of full-delta --energy 0.9");
+        Assert.Contains("ΔW of full fine-tuning at lin0", full);
+        Assert.Contains("90% energy at k =", full);
+        Assert.Contains("elbow at k =", full);
+        var kron = await k.Ok("#!peft spectrum --model model --layer lin1 --of kronecker --grid 4x8");
+        Assert.Contains("Kronecker spectrum R(W) at lin1", kron);
+        Assert.Contains("m1 dividing 32", await k.Fails("#!peft spectrum --model model --layer lin1 --of kronecker --grid 5x8"));
+        Assert.Contains("--reference", await k.Fails("#!peft spectrum --model tuned --layer lin0 --of full-delta"));
+        Assert.Contains("(0, 1]", await k.Fails("#!peft spectrum --model model --layer lin0 --energy 1.5"));
 
         Assert.Contains("total rank 6", await k.Ok("#!peft ranks --model peft"));
         Assert.Contains("routes between experts", await k.Fails("#!peft routing --model peft"));
@@ -247,6 +258,13 @@ public sealed class MagicCommandTests
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
         ["adalora"] = "--model mlp --targets lin0,lin1 --init-r 4 --target-r 2 --total-step 20",
+        ["sorsa"] = "--model mlp --targets lin0 --rank 2 --gamma 0.001",
+        ["svfit"] = "--model mlp --targets lin0,lin1 --energy 0.9",
+        ["loldu"] = "--model mlp --targets lin0 --rank 3",
+        ["hydra"] = "--model mlp --targets lin0 --rank 2 --branches sequential",
+        ["soka"] = "--model mlp --targets lin0,lin1 --select elbow",
+        ["corda"] = "--model mlp --targets lin0 --rank 2 --calibration batches",
+        ["corda-kpm"] = "--model mlp --targets lin0,lin1 --rank 2 --calibration batches",
     };
 
     [Fact]
@@ -267,12 +285,17 @@ public sealed class MagicCommandTests
             // A fresh model per method; the composition methods need two source adapters first.
             await k.Ok("""
                 var mlp = new Mlp(16, 32, 8); var bert = NewBert(); var gpt = NewGpt(); var sources = new Mlp(16, 32, 8);
+                var batches = new[] { torch.randn(8, 16), torch.randn(4, 16) };
                 var sourcesPeft = PeftModel.Create(sources, new LoraConfig { TargetModules = ["lin0"], R = 2 }, "a");
                 sourcesPeft.AddAdapter("b", new LoraConfig { TargetModules = ["lin0"], R = 2 });
                 """);
             var html = await k.Ok($"#!peft attach --method {method} {line} --as attached");
             Assert.True(html.Contains($"{method} 'default'") || html.Contains($"'default' ({method})"), $"{method}: {html[..Math.Min(300, html.Length)]}");
         }
+        // CorDA needs the input batches to compute its covariance; without them the command says how to give them.
+        await k.Ok("var plain = new Mlp(16, 32, 8);");
+        Assert.Contains("--calibration", await k.Fails("#!peft attach --model plain --method corda --targets lin0 --as c2"));
+        Assert.Contains("leave out --calibration", await k.Fails("#!peft attach --model plain --method lora --targets lin0 --calibration batches --as c3"));
     }
 
     [Fact]

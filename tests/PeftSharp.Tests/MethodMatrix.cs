@@ -1,6 +1,7 @@
 using PeftSharp.Adapters;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
+using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models.Bert;
 using PeftSharp.Models.Gpt;
@@ -20,10 +21,12 @@ namespace PeftSharp.Tests;
 /// <param name="Sources">Adapters the row's adapter composes (ScaLearn, AdapterFusion): added (and perturbed) first.</param>
 /// <param name="Method">The registered method the row exercises, where the config's own name does not say it (a preset
 /// such as "pfeiffer", an init such as "pissa").</param>
+/// <param name="Calibrate">For a method that initialises from its targets' input statistics (CorDA): the calibration
+/// action for a given model (runs it on a few batches).</param>
 public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model, Func<Tensor> Input, Func<AdapterConfig> Config,
                                 bool ChangesBase = false, bool CanMerge = true, bool IdentityAtInit = true, bool PerRow = true,
                                 IReadOnlyList<(string Name, Func<AdapterConfig> Config)>? Sources = null, double RoundingTolerance = 0,
-                                string? Method = null)
+                                string? Method = null, Func<Module<Tensor, Tensor>, Action>? Calibrate = null)
 {
     /// <summary>The registered method this row exercises.</summary>
     public string MethodName => Method ?? Config().MethodName;
@@ -35,7 +38,7 @@ public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model,
     /// <summary>Puts the row's adapter into <paramref name="model"/> as "default" (after its sources) and activates it.</summary>
     public PeftModel Attach(Module model)
     {
-        if (Sources is not { Count: > 0 }) return PeftModel.Create(model, Config());
+        if (Sources is not { Count: > 0 }) return PeftModel.Create(model, Config(), calibrate: Calibrate?.Invoke((Module<Tensor, Tensor>)model));
         var peft = PeftModel.Create(model, Sources[0].Config(), Sources[0].Name);
         foreach (var (name, config) in Sources.Skip(1)) peft.AddAdapter(name, config());
         foreach (var (name, _) in Sources) Tensors.PerturbAdapters(peft, name, 0.3);
@@ -94,6 +97,13 @@ public static class MethodMatrix
     static Tensor TokenInput() => randint(0, 50, [4, 6], dtype: ScalarType.Int64);
 
     static readonly string[] BlockTargets = ["q", "k", "v", "o", "fc1", "fc2"];
+
+    // Calibration for CorDA: the model on three batches of the row's input shape (own seed, so the rows stay reproducible).
+    static Action CalibrateOn(Module<Tensor, Tensor> model, Func<Tensor> input) => () =>
+    {
+        manual_seed(99);
+        for (int i = 0; i < 3; i++) using (NewDisposeScope()) model.call(input());
+    };
 
     static Module<Tensor, Tensor> TinyBertModel() => new TinyBert();
     static Tensor TinyBertInput() => randint(0, TinyBert.Vocabulary, [4, 6], dtype: ScalarType.Int64);
@@ -189,6 +199,24 @@ public static class MethodMatrix
         {
             TargetModules = ["q", "v", "fc1", "fc2"], InitR = 3, TargetR = 1, TotalStep = 20, Tinit = 2, Tfinal = 5, LoraDropout = 0.1,
         }),
+        // The decomposition family: adapters initialised from a decomposition of W (SVD, LU), exactly the identity at init,
+        // and Hydra's parallel + sequential branches.
+        new("mlp-sorsa", MlpModel, MlpInput, () => new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 4 }),
+        new("block-sorsa", Block, BlockInput, () => new SorsaConfig { TargetModules = ["q", "v", "fc1"], R = 2 }),
+        new("mlp-svfit-energy", MlpModel, MlpInput, () => new SvfitConfig { TargetModules = ["lin0", "lin1"], EnergyThreshold = 0.8 }),
+        new("block-svfit-rank", Block, BlockInput, () => new SvfitConfig { TargetModules = BlockTargets, R = 3 }),
+        new("mlp-loldu", MlpModel, MlpInput, () => new LolduConfig { TargetModules = ["lin0", "lin1"], R = 4 }),
+        new("block-loldu", Block, BlockInput, () => new LolduConfig { TargetModules = BlockTargets, R = 2 }),
+        new("mlp-hydra", MlpModel, MlpInput, () => new HydraConfig { TargetModules = ["lin0", "lin1"], R = 4, Alpha = 8 }),
+        new("block-hydra-sequential", Block, BlockInput, () => new HydraConfig { TargetModules = ["q", "fc1", "fc2"], R = 2, Branches = "sequential" }),
+        new("gpt-hydra", TinyGptModel, TinyGptInput, () => new HydraConfig { TargetModules = ["q_proj", "v_proj", "down_proj"], R = 2 }),
+        new("mlp-soka-energy", MlpModel, MlpInput, () => new SokaConfig { TargetModules = ["lin0", "lin1"], EnergyThreshold = 0.6 }),
+        new("block-soka-elbow-grid", Block, BlockInput, () => new SokaConfig { TargetModules = ["q", "fc1", "fc2"], TermSelection = "elbow", GridRows = 2, GridCols = 4 }),
+        new("mlp-soka-terms", MlpModel, MlpInput, () => new SokaConfig { TargetModules = ["lin1"], KroneckerTerms = 3 }),
+        new("mlp-corda-ipm", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Corda, CordaConfig = new() },
+            ChangesBase: true, Method: "corda", Calibrate: m => CalibrateOn(m, MlpInput)),
+        new("block-corda-kpm", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Corda, CordaConfig = new() { CordaMethod = "kpm" } },
+            ChangesBase: true, Method: "corda-kpm", Calibrate: m => CalibrateOn(m, BlockInput)),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });

@@ -16,6 +16,13 @@ public enum SpectrumSource
 
     /// <summary>The weight the layer acts with: W + ΔW.</summary>
     Adapted,
+
+    /// <summary>The change full fine-tuning made to a layer's weight: W_tuned − W_reference.</summary>
+    FullDelta,
+
+    /// <summary>The Van Loan rearrangement R(W) of a weight (<see cref="KroneckerSpectrum"/>): its singular values say how
+    /// many Kronecker-product terms W needs.</summary>
+    Kronecker,
 }
 
 /// <summary>
@@ -43,6 +50,9 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
         return CumulativeEnergy.Count;
     }
 
+    /// <summary>The number of values before the spectrum's elbow (<see cref="SpectrumMarkers.Elbow"/>).</summary>
+    public int Elbow => SpectrumMarkers.Elbow(Values);
+
     /// <summary>The energy share of the top <see cref="AdapterRank"/> singular values, when a rank is marked.</summary>
     public double? EnergyAtAdapterRank => AdapterRank is int r && r > 0 && CumulativeEnergy.Count > 0 ? CumulativeEnergy[Math.Min(r, CumulativeEnergy.Count) - 1] : null;
 
@@ -66,6 +76,8 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
     {
         SpectrumSource.Delta => $"ΔW of adapter '{AdapterName}' at {Layer}",
         SpectrumSource.Adapted => $"W + ΔW ('{AdapterName}') at {Layer}",
+        SpectrumSource.Kronecker => $"Kronecker spectrum R(W) at {Layer}",
+        SpectrumSource.FullDelta => $"ΔW of full fine-tuning at {Layer}",
         _ => $"W at {Layer}",
     }) + $" [{string.Join(" x ", Shape)}]";
 
@@ -102,6 +114,28 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
         var weight = baseModule.get_parameter("weight")
             ?? throw new ArgumentException($"'{layer}' is a {baseModule.GetType().Name} without a 'weight' parameter; choose a Linear, Embedding or convolution layer.", nameof(layer));
         return Of(weight, layer, SpectrumSource.Weight, null, module is AdapterLayer l && l.ActiveAdapters.Count > 0 ? l[l.ActiveAdapters[0]].Rank : null);
+    }
+
+    /// <summary>The spectrum of the change full fine-tuning made at <paramref name="layer"/>: W of
+    /// <paramref name="tuned"/> minus W of <paramref name="reference"/> (a copy of the model before training).</summary>
+    public static SingularSpectrum OfFullDelta(Module tuned, Module reference, string layer)
+    {
+        ArgumentNullException.ThrowIfNull(tuned);
+        ArgumentNullException.ThrowIfNull(reference);
+        Tensor WeightOf(Module model, string which)
+        {
+            var module = FindModule(model, layer);
+            var baseModule = module is AdapterLayer adapted ? adapted.BaseLayer : module;
+            return baseModule.get_parameter("weight")
+                ?? throw new ArgumentException($"'{layer}' of the {which} model is a {baseModule.GetType().Name} without a 'weight' parameter.", nameof(layer));
+        }
+        var tunedWeight = WeightOf(tuned, "fine-tuned");
+        var referenceWeight = WeightOf(reference, "reference");
+        if (!tunedWeight.shape.SequenceEqual(referenceWeight.shape))
+            throw new ArgumentException($"'{layer}' has shape [{string.Join(", ", tunedWeight.shape)}] in the fine-tuned model but [{string.Join(", ", referenceWeight.shape)}] in the reference; compare two copies of the same model.", nameof(reference));
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        return Of(tunedWeight.detach().to(ScalarType.Float64, CPU) - referenceWeight.detach().to(ScalarType.Float64, CPU), layer, SpectrumSource.FullDelta);
     }
 
     /// <summary>The spectrum of the base weight at <paramref name="layer"/> of an adapted model, with the rank of its
@@ -143,6 +177,7 @@ public sealed record SingularSpectrum(string Layer, SpectrumSource Source, strin
 
     static string Describe(SpectrumSource source, string? adapterName) => source switch
     {
+        SpectrumSource.FullDelta => "full fine-tuning change ΔW",
         SpectrumSource.Delta => $"weight change ΔW of adapter '{adapterName}'",
         SpectrumSource.Adapted => $"adapted weight W + ΔW ('{adapterName}')",
         _ => "weight",

@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using PeftSharp.Adapters;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
+using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
 
 namespace PeftSharp.Methods;
@@ -76,6 +77,15 @@ public static class MethodList
         Register("scalearn", "Activation", "o = h + Σ_k λ_k ⊙ Δ_k(h) over frozen source adapters; λ vector/scalar, per layer or shared", "Frohmann et al. 2023 (ScaLearn)", () => new ScaLearnConfig());
         Register("adapter-fusion", "Activation", "o = h + Σ_k softmax_k((Q h)·(K Δ_k)) V Δ_k over frozen source adapters", "Pfeiffer et al. 2021 (AdapterFusion)", () => new AdapterFusionConfig());
         Register("ia3", "Activation", "k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN W_2 (l_ff ⊙ f(W_1 x)), l = 1 at init", "Liu et al. 2022 ((IA)³)", () => new IA3Config());
+        Register("sorsa", "Decomposition", "W_r + U_p diag(s_p) V_pᵀ from the top-r SVD; U_p, s_p, V_p train, + γ(‖U_pᵀU_p − I‖ + ‖V_pV_pᵀ − I‖)", "Cao 2024 (SORSA)", () => new SorsaConfig());
+        Register("svfit", "Decomposition", "ΔW = U_r diag(s − s₀) V_rᵀ: only the top-r singular values train, r by 99% energy or given", "Sun et al. 2024 (SVFit)", () => new SvfitConfig());
+        Register("loldu", "Decomposition", "W = P L D U; ΔW = P L_r diag(s·z − D_r) U_r: only z (r) and s train", "Shi et al. 2024 (LoLDU)", () => new LolduConfig());
+        Register("hydra", "Decomposition", "y = W x + s·B_p A_p x + s·B_s A_s (W x), B = 0; W' = W + s(B_p A_p + B_s A_s W)", "Kim et al. 2024 (Hydra)", () => new HydraConfig());
+        Register("soka", "Decomposition", "W_res + Σ_k A_k ⊗ B_k from KPSVD of R(W) (Van Loan); K by energy, elbow or given; A_k, B_k train", "SoKA; Van Loan and Pitsianis 1993 (KPSVD)", () => new SokaConfig());
+        Register("corda", "Decomposition", "IPM: B A = the r largest components of SVD(W C), C the input covariance (calibration); base keeps the residual", "Yang et al. 2024 (CorDA)",
+            () => new LoraConfig { InitLoraWeights = LoraInit.Corda, CordaConfig = new CordaConfig { CordaMethod = "ipm" } });
+        Register("corda-kpm", "Decomposition", "KPM: B A = the r smallest components of SVD(W C); the large, knowledge-carrying ones stay frozen", "Yang et al. 2024 (CorDA)",
+            () => new LoraConfig { InitLoraWeights = LoraInit.Corda, CordaConfig = new CordaConfig { CordaMethod = "kpm" } });
     }
 
     /// <summary>Every method, in the order registered.</summary>

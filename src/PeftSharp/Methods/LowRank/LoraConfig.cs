@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using PeftSharp.Adapters;
+using PeftSharp.Methods.Decomposition;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -36,16 +37,20 @@ public sealed record LoraInit
     /// <summary>OLoRA (Büyükakyüz 2024): A, B from the QR decomposition of W; W keeps the residual.</summary>
     public static LoraInit Olora { get; } = new("olora");
 
-    /// <summary>True for the initialisations that rewrite the base weight as a residual (PiSSA, OLoRA).</summary>
-    public bool ChangesBaseWeights => Name.StartsWith("pissa", StringComparison.Ordinal) || Name == "olora";
+    /// <summary>PEFT <c>"corda"</c> (Yang et al. 2024, <see cref="CordaInit"/>): A, B from the SVD of W times the
+    /// covariance of the layer's inputs (a calibration pass); W keeps the residual.</summary>
+    public static LoraInit Corda { get; } = new("corda");
+
+    /// <summary>True for the initialisations that rewrite the base weight as a residual (PiSSA, OLoRA, CorDA).</summary>
+    public bool ChangesBaseWeights => Name.StartsWith("pissa", StringComparison.Ordinal) || Name == "olora" || Name == "corda";
 
     /// <summary>The subspace iterations of a <c>pissa_niter_N</c> init, else null.</summary>
     public int? PissaIterations => Name.StartsWith("pissa_niter_", StringComparison.Ordinal) && int.TryParse(Name["pissa_niter_".Length..], out var n) ? n : null;
 
     /// <summary>Whether this library can run the initialisation (others, e.g. "loftq" or "eva", can still be loaded).</summary>
-    public bool IsSupported => this == Default || this == Gaussian || this == Random || this == Pissa || this == Olora || PissaIterations is not null;
+    public bool IsSupported => this == Default || this == Gaussian || this == Random || this == Pissa || this == Olora || this == Corda || PissaIterations is not null;
 
-    public static readonly IReadOnlyList<string> SupportedNames = ["true", "false", "gaussian", "pissa", "pissa_niter_N", "olora"];
+    public static readonly IReadOnlyList<string> SupportedNames = ["true", "false", "gaussian", "pissa", "pissa_niter_N", "olora", "corda"];
 
     public static LoraInit Parse(string text) => text.Trim().ToLowerInvariant() switch
     {
@@ -101,8 +106,19 @@ public sealed record LoraConfig : AdapterConfig
     public bool UseDora { get; init; }
 
     /// <summary>PEFT <c>init_lora_weights</c>.</summary>
-    [JsonPropertyName("init_lora_weights"), Option("init", "init_lora_weights: true | false | gaussian | pissa | pissa_niter_N | olora")]
+    [JsonPropertyName("init_lora_weights"), Option("init", "init_lora_weights: true | false | gaussian | pissa | pissa_niter_N | olora | corda")]
     public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
+
+    /// <summary>PEFT <c>corda_config</c>: CorDA's settings (with <c>init_lora_weights="corda"</c>; null there means
+    /// PEFT's defaults, IPM).</summary>
+    [JsonPropertyName("corda_config")]
+    public CordaConfig? CordaConfig { get; init; }
+
+    /// <summary>CorDA's settings in force: <see cref="CordaConfig"/> or PEFT's default.</summary>
+    public CordaConfig CordaSettings => CordaConfig ?? new CordaConfig();
+
+    /// <summary>CorDA decomposes W with the covariance of each target's inputs: it needs calibration batches.</summary>
+    public override bool NeedsCalibration => InitLoraWeights == LoraInit.Corda;
 
     /// <summary>PEFT <c>bias</c>: "none", "all" (every bias of the model trains and is saved) or "lora_only"
     /// (the biases of the adapted layers).</summary>
@@ -125,7 +141,7 @@ public sealed record LoraConfig : AdapterConfig
 
     public override string PeftType => "LORA";
 
-    public override string Variant => UseDora ? "dora" : RewritesBase ? InitLoraWeights.Name : UseRslora ? "rslora" : "lora";
+    public override string Variant => UseDora ? "dora" : InitLoraWeights == LoraInit.Corda ? $"corda-{CordaSettings.CordaMethod}" : RewritesBase ? InitLoraWeights.Name : UseRslora ? "rslora" : "lora";
 
     public override string SupportedLayerTypes => UseDora || RewritesBase ? "Linear" : "Linear, Embedding";
 
@@ -176,6 +192,13 @@ public sealed record LoraConfig : AdapterConfig
                 $"init_lora_weights '{InitLoraWeights.Name}' splits W into B A / √s and a residual, which needs a positive lora_alpha (s = alpha / r > 0).");
         if (Bias is not ("none" or "all" or "lora_only")) throw new ArgumentOutOfRangeException(nameof(Bias), Bias, "bias must be \"none\", \"all\" or \"lora_only\".");
         if (UseDora && LoraBias) throw new ArgumentException("use_dora and lora_bias cannot be combined (as in PEFT): choose one.", nameof(LoraBias));
+        if (CordaConfig is { } corda)
+        {
+            if (corda.CordaMethod is not ("ipm" or "kpm"))
+                throw new ArgumentOutOfRangeException(nameof(CordaConfig), corda.CordaMethod, "corda_config.corda_method must be \"ipm\" (adapt the largest components) or \"kpm\" (adapt the smallest, preserve knowledge).");
+            if (corda.CacheFile is not null || corda.CovarianceFile is not null)
+                throw new ArgumentException("corda_config.cache_file / covariance_file are PEFT's caches and are not read here: pass calibration batches to AddAdapter instead, and leave both null.", nameof(CordaConfig));
+        }
         if (UseDora && RewritesBase)
             throw new ArgumentException($"use_dora with init_lora_weights '{InitLoraWeights.Name}' is not supported here: use DoRA with the default init, or PiSSA/OLoRA without DoRA.", nameof(UseDora));
     }
@@ -201,11 +224,21 @@ public sealed record LoraConfig : AdapterConfig
             throw new ArgumentOutOfRangeException(nameof(R), r,
                 $"rank {r} does not fit '{path}' ({baseLayer.GetType().Name} {fanOut}x{fanIn}): init_lora_weights '{InitLoraWeights.Name}' takes r components of W, which has at most {Math.Min(fanOut, fanIn)}.");
         double scaling = ScalingAt(path);
+        Func<Tensor, (Tensor, Tensor, Tensor)>? corda = null;
+        if (initialize && InitLoraWeights == LoraInit.Corda)
+        {
+            var covariance = context.Calibration?.Covariance ?? throw new ArgumentException(
+                $"init_lora_weights \"corda\" at '{path}' needs the covariance of the layer's inputs: pass calibration batches to AddAdapter. " +
+                "A CorDA file saved without PEFT's conversion (asPlainDelta: false) holds A and B for a residual base and can only be loaded after the same calibration; " +
+                "save with the conversion (the default) to get a plain LoRA file that loads anywhere.", nameof(context));
+            string method = CordaSettings.CordaMethod;
+            corda = w => CordaInit.Factors(w, covariance, r, scaling, method);
+        }
         return baseLayer switch
         {
             TorchSharp.Modules.Embedding => new LoraEmbeddingAdapter(r, scaling, weight, initialize ? InitLoraWeights : null),
             _ when UseDora => new DoraLinearAdapter(r, scaling, LoraDropout, LoraBias, weight, initialize ? InitLoraWeights : null),
-            _ => new LoraLinearAdapter(r, scaling, LoraDropout, LoraBias, weight, initialize ? InitLoraWeights : null),
+            _ => new LoraLinearAdapter(r, scaling, LoraDropout, LoraBias, weight, initialize ? InitLoraWeights : null, corda),
         };
     }
 
@@ -218,7 +251,7 @@ public sealed record LoraConfig : AdapterConfig
 
     // Fields PEFT 0.20 writes for features this library does not use, at PEFT's defaults.
     static readonly string[] UnusedNullFields =
-        ["megatron_config", "eva_config", "corda_config", "lora_ga_config", "velora_config", "alora_invocation_tokens",
+        ["megatron_config", "eva_config", "lora_ga_config", "velora_config", "alora_invocation_tokens",
          "monteclora_config", "layer_replication", "target_parameters", "trainable_token_indices", "use_bdlora", "arrow_config"];
 
     protected internal override void WriteFixedFields(JsonObject json)
@@ -234,6 +267,7 @@ public sealed record LoraConfig : AdapterConfig
     {
         json["fan_in_fan_out"] = false;
         foreach (var field in UnusedNullFields) json[field] = null;
+        if (!json.ContainsKey("corda_config")) json["corda_config"] = null;   // LoRA's own when CorDA is the init
         json["megatron_core"] = "megatron.core";
         json["loftq_config"] = new JsonObject();
         json["use_qalora"] = false;

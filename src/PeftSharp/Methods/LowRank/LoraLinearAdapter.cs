@@ -20,7 +20,10 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     // residual the base weight takes once the adapter is attached.
     Tensor? _initialA, _initialB, _pendingResidual;
 
-    public LoraLinearAdapter(int r, double scaling, double dropout, bool loraBias, Tensor baseWeight, LoraInit? init)
+    /// <remarks>residualInit: for an init whose factors come from outside (CorDA, which needs the input covariance),
+    /// W → (A, B, residual).</remarks>
+    public LoraLinearAdapter(int r, double scaling, double dropout, bool loraBias, Tensor baseWeight, LoraInit? init,
+                             Func<Tensor, (Tensor A, Tensor B, Tensor Residual)>? residualInit = null)
         : base(nameof(LoraLinearAdapter))
     {
         R = r;
@@ -35,7 +38,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
             lora_dropout = Dropout(dropout);
             register_module("lora_dropout", lora_dropout);
         }
-        if (init is not null) Initialize(init, baseWeight);
+        if (init is not null) Initialize(init, baseWeight, residualInit);
     }
 
     public override string MethodName => "lora";
@@ -51,7 +54,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
 
     public Parameter B => lora_B.weight!;
 
-    void Initialize(LoraInit init, Tensor baseWeight)
+    void Initialize(LoraInit init, Tensor baseWeight, Func<Tensor, (Tensor A, Tensor B, Tensor Residual)>? residualInit)
     {
         using var _ = no_grad();
         if (init == LoraInit.Default)
@@ -70,8 +73,8 @@ public class LoraLinearAdapter : WeightDeltaAdapter
         }
         else if (init.ChangesBaseWeights)
         {
-            var (a, b, residual) = init == LoraInit.Olora
-                ? LowRankInit.Olora(baseWeight, R, Scaling)
+            var (a, b, residual) = init == LoraInit.Olora ? LowRankInit.Olora(baseWeight, R, Scaling)
+                : init == LoraInit.Corda ? (residualInit ?? throw new ArgumentException("init_lora_weights \"corda\" needs the layer's input covariance (calibration batches)."))(baseWeight)
                 : LowRankInit.Pissa(baseWeight, R, Scaling, init.PissaIterations);
             lora_A.weight!.copy_(a);
             lora_B.weight!.copy_(b);

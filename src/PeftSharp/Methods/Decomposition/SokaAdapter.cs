@@ -1,0 +1,76 @@
+using PeftSharp.Adapters;
+using PeftSharp.Analysis;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Methods.Decomposition;
+
+/// <summary>
+/// SoKA on a Linear layer (see <see cref="SokaConfig"/>): y = W x + (Σ_k A_k ⊗ B_k − Σ_k A⁰_k ⊗ B⁰_k) x, computed without
+/// forming the Kronecker products: with x read as X (n₁, n₂), (A ⊗ B) x = vec(A X Bᵀ). The base weight is not rewritten
+/// (the same function as the frozen residual plus the trained terms). Tensors: <c>soka_A</c> (K, m₁, n₁) and
+/// <c>soka_B</c> (K, m₂, n₂) train; <c>soka_A0</c>, <c>soka_B0</c> are their frozen starting values.
+/// </summary>
+public sealed class SokaAdapter : WeightDeltaAdapter
+{
+    readonly Parameter soka_A, soka_B;
+    readonly Tensor soka_A0, soka_B0;
+
+    /// <param name="terms">K.</param>
+    /// <param name="m1">Rows of each A_k.</param>
+    /// <param name="n1">Columns of each A_k.</param>
+    /// <param name="baseWeight">The base weight (out, in): shapes, dtype and device.</param>
+    /// <param name="weight64">The base weight in float64 to decompose, or null when the values come from a file.</param>
+    public SokaAdapter(int terms, int m1, int n1, Tensor baseWeight, Tensor? weight64) : base(nameof(SokaAdapter))
+    {
+        Terms = terms;
+        int m2 = (int)(baseWeight.shape[0] / m1), n2 = (int)(baseWeight.shape[1] / n1);
+        var (dtype, device) = (baseWeight.dtype, baseWeight.device);
+        using (var scope = NewDisposeScope())
+        {
+            var (a, b) = weight64 is null ? (zeros(terms, m1, n1), zeros(terms, m2, n2)) : KroneckerSpectrum.Decompose(weight64, m1, n1, terms);
+            soka_A0 = a.to(dtype, device).contiguous().DetachFromDisposeScope();
+            soka_B0 = b.to(dtype, device).contiguous().DetachFromDisposeScope();
+            soka_A = new Parameter(soka_A0.clone().DetachFromDisposeScope());
+            soka_B = new Parameter(soka_B0.clone().DetachFromDisposeScope());
+        }
+        register_parameter("soka_A", soka_A);
+        register_parameter("soka_B", soka_B);
+        register_buffer("soka_A0", soka_A0);
+        register_buffer("soka_B0", soka_B0);
+    }
+
+    public override string MethodName => "soka";
+
+    /// <summary>K, the number of Kronecker terms.</summary>
+    public int Terms { get; }
+
+    public override int? Rank => Terms;
+
+    /// <summary>A (K, m₁, n₁).</summary>
+    public Parameter A => soka_A;
+
+    /// <summary>B (K, m₂, n₂).</summary>
+    public Parameter B => soka_B;
+
+    // Σ_k A_k X B_kᵀ for every row: x (..., n1·n2) → (..., m1·m2).
+    static Tensor KroneckerApply(Tensor x, Tensor a, Tensor b)
+    {
+        long n1 = a.shape[2], n2 = b.shape[2];
+        var rows = x.reshape(-1, n1, n2);                                          // (N, n1, n2)
+        var y = einsum("kij,njq,kpq->nip", a, rows, b);                            // (N, m1, m2)
+        return y.reshape([.. x.shape[..^1], a.shape[1] * b.shape[1]]);
+    }
+
+    public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer) =>
+        result.add_(KroneckerApply(x, soka_A, soka_B).sub_(KroneckerApply(x, soka_A0, soka_B0)));
+
+    /// <summary>ΔW = Σ_k A_k ⊗ B_k − Σ_k A⁰_k ⊗ B⁰_k (out, in).</summary>
+    public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        return (KroneckerSpectrum.Compose(soka_A, soka_B) - KroneckerSpectrum.Compose(soka_A0, soka_B0)).MoveToOuterDisposeScope();
+    }
+}
