@@ -40,6 +40,12 @@ public sealed class LoraEmbeddingAdapter : WeightDeltaAdapter
 
     public double Scaling { get; }
 
+    /// <summary><c>lora_embedding_A</c> [r, vocab].</summary>
+    public Parameter A => lora_embedding_A;
+
+    /// <summary><c>lora_embedding_B</c> [dim, r].</summary>
+    public Parameter B => lora_embedding_B;
+
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {
         var ids = x.reshape(-1);                                                  // (N)
