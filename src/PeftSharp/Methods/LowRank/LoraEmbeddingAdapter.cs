@@ -38,7 +38,7 @@ public sealed class LoraEmbeddingAdapter : WeightDeltaAdapter
 
     public override int? Rank => R;
 
-    public double Scaling { get; }
+    public double Scaling { get; internal set; }
 
     /// <summary><c>lora_embedding_A</c> [r, vocab].</summary>
     public Parameter A => lora_embedding_A;

@@ -47,7 +47,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override int? Rank => R;
 
     /// <summary>s = alpha / r (or alpha / √r with rsLoRA).</summary>
-    public double Scaling { get; }
+    public double Scaling { get; internal set; }
 
     public Parameter A => lora_A.weight!;
 
