@@ -265,6 +265,18 @@ public sealed class WeightedMergeTests
     }
 
     [Fact]
+    public void A_merge_of_rslora_adapters_keeps_use_rslora_as_PEFT_does_so_its_scale_is_the_root_of_the_rank()
+    {
+        manual_seed(3);
+        var peft = PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0"], R = 4, LoraAlpha = 8, UseRslora = true, InitLoraWeights = LoraInit.Random }, "a");
+        peft.AddAdapter("b", new LoraConfig { TargetModules = ["lin0"], R = 4, LoraAlpha = 8, UseRslora = true, InitLoraWeights = LoraInit.Random });
+        var config = peft.AddWeightedAdapter(["a", "b"], Weights, "m", "linear");
+        Assert.True(config.UseRslora);
+        Assert.Equal((4, 4.0), (config.R, config.LoraAlpha));
+        Assert.Equal(2.0, Lora(peft, "lin0", "m").Scaling);   // 4 / √4, where a plain LoRA merge has 1
+    }
+
+    [Fact]
     public void Regex_targets_are_joined_as_alternatives_and_list_targets_as_a_sorted_union()
     {
         manual_seed(3);
