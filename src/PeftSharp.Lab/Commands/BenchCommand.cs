@@ -1,8 +1,13 @@
 namespace PeftSharp.Lab.Commands;
 
-/// <summary><c>bench lora</c> (see BenchLora) and <c>bench bert</c> (see BenchBert).</summary>
+/// <summary><c>bench lora</c> (see BenchLora), <c>bench bert</c> (see BenchBert) and <c>bench adapters</c> (see BenchAdapters).</summary>
 static class BenchCommand
 {
     public static Task<int> RunAsync(Arguments arguments) =>
-        Task.FromResult(arguments.Next("bench") == "bert" ? BenchBert.Run(arguments) : BenchLora.Run(arguments));
+        Task.FromResult(arguments.Next("bench") switch
+        {
+            "bert" => BenchBert.Run(arguments),
+            "adapters" => BenchAdapters.Run(arguments),
+            _ => BenchLora.Run(arguments),
+        });
 }

@@ -136,9 +136,17 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
 
         using var scope = NewDisposeScope();
         var result = OwnedBaseOutput(x);
-        foreach (var name in rowNames.Distinct())
+        var present = rowNames.Distinct().Where(n => n != BaseOnly && _adapters.Contains(n)).ToList();
+        var path = Context?.PerRowPath ?? PerRowPath.Auto;
+        if (present.Count > 0 && (path == PerRowPath.Batched || (path == PerRowPath.Auto && present.Count >= 2))
+            && present.Select(n => _adapters[n].LowRank).ToList() is var forms && forms.All(f => f is not null))
         {
-            if (name == BaseOnly || !_adapters.Contains(name)) continue;
+            LastPerRowPath = PerRowPath.Batched;
+            return LowRankBatch.Apply(x, result, rowNames, present, forms!).MoveToOuterDisposeScope();
+        }
+        LastPerRowPath = PerRowPath.Grouped;
+        foreach (var name in present)
+        {
             var rows = Enumerable.Range(0, rowNames.Count).Where(i => rowNames[i] == name).Select(i => (long)i).ToArray();
             var index = tensor(rows, dtype: ScalarType.Int64, device: x.device);
             // Adapters that read the sublayer's residual see the same rows of it.
@@ -156,6 +164,10 @@ public sealed class AdapterLayer : Module<Tensor, Tensor>
         }
         return result.MoveToOuterDisposeScope();
     }
+
+    /// <summary>The path the last mixed batch took at this layer (<see cref="PerRowPath.Batched"/> or
+    /// <see cref="PerRowPath.Grouped"/>), for tests and benchmarks.</summary>
+    public PerRowPath? LastPerRowPath { get; private set; }
 
     // Adapters may add into the result in place; Linear and Embedding return a fresh tensor, anything else (which
     // might hand back its input or a cached tensor) is copied first.

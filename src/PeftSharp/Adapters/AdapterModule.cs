@@ -49,6 +49,13 @@ public abstract class AdapterModule : Module
     /// </summary>
     public virtual Tensor? TryFusedForward(Tensor x, Module<Tensor, Tensor> baseLayer) => null;
 
+    /// <summary>
+    /// This adapter as a per-row low-rank product, Δy = s · B A dropout(x) (LoRA, rsLoRA, PiSSA/OLoRA once attached), so a
+    /// mixed batch can apply many such adapters in one gathered batched product (<see cref="LowRankBatch"/>); null for
+    /// adapters that are not one (the grouped loop runs those).
+    /// </summary>
+    public virtual LowRankForm? LowRank => null;
+
     /// <summary>True when the adapter can be folded into the base weights.</summary>
     public virtual bool CanMerge => false;
 

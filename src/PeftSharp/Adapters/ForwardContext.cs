@@ -19,6 +19,9 @@ public sealed class ForwardContext
     /// adapters on every row.</summary>
     public IReadOnlyList<string>? AdapterNames { get; init; }
 
+    /// <summary>How a mixed batch (<see cref="AdapterNames"/>) is computed at each layer; see <see cref="Adapters.PerRowPath"/>.</summary>
+    public PerRowPath PerRowPath { get; init; } = PerRowPath.Auto;
+
     /// <summary>What the routed adapters recorded in this context, in the order their layers ran.</summary>
     public IReadOnlyList<RoutingLayer> Routing
     {
@@ -35,4 +38,22 @@ public sealed class ForwardContext
     public RoutingWeights RoutingWeights(string rowKind = "token") =>
         Routing.Count > 0 ? new RoutingWeights(Routing, rowKind)
             : throw new InvalidOperationException("No adapter recorded any routing in this context: run a forward pass with a routed adapter inside it.");
+}
+
+/// <summary>How an <see cref="AdapterLayer"/> computes a batch whose rows use different adapters. Both give the same
+/// outputs and gradients (to float rounding); "base only" rows, row order and dropout are the same.</summary>
+public enum PerRowPath
+{
+    /// <summary><see cref="Batched"/> where a layer's rows use two or more adapters that all have a low-rank form, else
+    /// <see cref="Grouped"/>.</summary>
+    Auto,
+
+    /// <summary>The base once for the whole batch, then every row's low-rank adapter in one gathered batched product
+    /// (<see cref="LowRankBatch"/>, S-LoRA / Punica style); layers with an adapter that has no low-rank form fall back to
+    /// <see cref="Grouped"/>.</summary>
+    Batched,
+
+    /// <summary>The reference: the base once, then one pass per distinct adapter over its own rows (index_select, apply,
+    /// index_copy), as PEFT's mixed-batch forward.</summary>
+    Grouped,
 }

@@ -111,7 +111,10 @@ public sealed partial class PeftModel
 
     /// <summary>Within the returned scope, row i of a batch goes through adapter <c>adapterNames[i]</c> alone
     /// (<see cref="AdapterLayer.BaseOnly"/> for the base model), all in one forward pass.</summary>
-    public IDisposable UseAdapterPerRow(IReadOnlyList<string> adapterNames) => Use(new ForwardContext { AdapterNames = adapterNames });
+    /// <remarks><paramref name="path"/>: how each layer computes the mixed batch (<see cref="PerRowPath"/>: by default the
+    /// gathered batched product where two or more low-rank adapters meet, else the grouped loop).</remarks>
+    public IDisposable UseAdapterPerRow(IReadOnlyList<string> adapterNames, PerRowPath path = PerRowPath.Auto) =>
+        Use(new ForwardContext { AdapterNames = adapterNames, PerRowPath = path });
 
     /// <summary>
     /// Puts <paramref name="context"/> (per-row task ids, per-row adapter names, a routing record) in force for the

@@ -92,6 +92,14 @@ public sealed partial class PeftModel
     }
 
     /// <summary>The layers <paramref name="config"/> goes into; none for methods that do not target layers.</summary>
+    /// <summary>Replaces the stored config of <paramref name="adapterName"/> (after its tensors were swapped in place).</summary>
+    internal void ReplaceConfig(string adapterName, AdapterConfig config)
+    {
+        int i = _adapters.FindIndex(a => a.Name == adapterName);
+        if (i < 0) throw UnknownAdapter(adapterName);
+        _adapters[i] = (adapterName, config);
+    }
+
     internal static TargetSelection SelectTargets(Module model, AdapterConfig config) =>
         config.TargetsLayers ? TargetMatcher.Select(model, config, config.CanHold) : new TargetSelection([], [], []);
 

@@ -1,3 +1,4 @@
+using PeftSharp.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -28,6 +29,9 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
     }
 
     public override string MethodName => "dora";
+
+    /// <summary>DoRA rescales the base output too: not a plain low-rank product.</summary>
+    public override LowRankForm? LowRank => null;
 
     public Parameter Magnitude => lora_magnitude_vector;
 

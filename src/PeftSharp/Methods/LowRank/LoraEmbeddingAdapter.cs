@@ -38,7 +38,13 @@ public sealed class LoraEmbeddingAdapter : WeightDeltaAdapter
 
     public override int? Rank => R;
 
-    public double Scaling { get; }
+    public double Scaling { get; internal set; }
+
+    /// <summary><c>lora_embedding_A</c> [r, vocab].</summary>
+    public Parameter A => lora_embedding_A;
+
+    /// <summary><c>lora_embedding_B</c> [dim, r].</summary>
+    public Parameter B => lora_embedding_B;
 
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {

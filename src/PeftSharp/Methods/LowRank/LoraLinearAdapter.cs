@@ -15,6 +15,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     protected readonly Linear lora_A;
     protected readonly Linear lora_B;
     protected readonly Dropout? lora_dropout;
+    readonly double _dropout;
 
     // PiSSA / OLoRA: the initial A and B (to save the adapter as a plain LoRA on the original weights) and the
     // residual the base weight takes once the adapter is attached.
@@ -28,6 +29,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     {
         R = r;
         Scaling = scaling;
+        _dropout = dropout;
         long outFeatures = baseWeight.shape[0], inFeatures = baseWeight.shape[1];
         lora_A = Linear(inFeatures, r, hasBias: false, device: baseWeight.device, dtype: baseWeight.dtype);
         lora_B = Linear(r, outFeatures, hasBias: loraBias, device: baseWeight.device, dtype: baseWeight.dtype);
@@ -48,7 +50,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override int? Rank => R;
 
     /// <summary>s = alpha / r (or alpha / √r with rsLoRA).</summary>
-    public double Scaling { get; }
+    public double Scaling { get; internal set; }
 
     public Parameter A => lora_A.weight!;
 
@@ -124,6 +126,10 @@ public class LoraLinearAdapter : WeightDeltaAdapter
         }
         return LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling);
     }
+
+    /// <summary>s · B A on dropout(x), without a lora_B bias: a mixed batch can gather it per row.</summary>
+    public override LowRankForm? LowRank =>
+        lora_B.bias is null ? new LowRankForm(lora_A.weight!, lora_B.weight!, Scaling, lora_dropout is { training: true } ? _dropout : 0) : null;
 
     /// <summary>dW = s · B A (out × in).</summary>
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
