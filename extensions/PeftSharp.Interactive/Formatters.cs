@@ -35,6 +35,7 @@ public static class Formatters
         Formatter.Register<MethodComparison>((comparison, writer) => writer.Write(HtmlViews.Comparison(comparison)), html);
         Formatter.Register<LossCurves>((curves, writer) => writer.Write(HtmlViews.LossCurves(curves)), html);
         Formatter.Register<LabelledHeatmap>((map, writer) => writer.Write(HtmlViews.Heatmap(map)), html);
+        Formatter.Register<MagnitudeDirectionScatter>((scatter, writer) => writer.Write(HtmlViews.MagnitudeDirection(scatter)), html);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(HtmlViews.ClaimVerdict(verdict)), html);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(verdict.ToString()), PlainTextFormatter.MimeType);
         // Plotly.NET's own GenericChart formatter loads plotly.js from a CDN; charts made in cells render like ours. (Plotly's

@@ -152,6 +152,13 @@ public static class HtmlViews
                 $"{SeedStatistics.Mean(b.RunMeanLosses):0.####} ± {SeedStatistics.StandardDeviation(b.RunMeanLosses):0.####}",
             })) + ChartHtml.Fragment(PeftCharts.LossBands(curves)) + "</div>";
 
+    /// <summary>DoRA's magnitude-against-direction picture: one line per series with its ΔM–ΔD correlation, and the
+    /// scatter.</summary>
+    public static string MagnitudeDirection(MagnitudeDirectionScatter scatter) =>
+        "<div class=\"peftsharp-magnitude-direction\">" + Line(scatter.Title) + Table(["series", "points", "correlation of ΔM and ΔD"],
+            scatter.Series.Select(s => new object?[] { s.Key, s.Value.Count, MagnitudeDirectionScatter.Correlation(s.Value).ToString("0.###", CultureInfo.InvariantCulture) }))
+        + ChartHtml.Fragment(PeftCharts.MagnitudeDirection(scatter)) + "</div>";
+
     /// <summary>A labelled heatmap: its one-line summary and the chart.</summary>
     public static string Heatmap(LabelledHeatmap map) =>
         "<div class=\"peftsharp-heatmap\">" + Line(map.ToString()) + ChartHtml.Fragment(PeftCharts.Heatmap(map)) + "</div>";

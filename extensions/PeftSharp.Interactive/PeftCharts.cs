@@ -150,6 +150,17 @@ public static class PeftCharts
         return Style(Chart.Combine(traces), title, "step", "training loss");
     }
 
+    /// <summary>ΔM (mean change of the row norms) against ΔD (mean 1 − cosine of the rows) per layer, one colour per
+    /// series, as DoRA's Figure 2 draws it; the legend gives each series' correlation.</summary>
+    public static GenericChart MagnitudeDirection(MagnitudeDirectionScatter scatter)
+    {
+        ArgumentNullException.ThrowIfNull(scatter);
+        var traces = scatter.Series.Select((s, i) => Chart.Point<double, double, string>(s.Value.Select(p => p.DeltaDirection), s.Value.Select(p => p.DeltaMagnitude),
+            Name: $"{s.Key} (r = {MagnitudeDirectionScatter.Correlation(s.Value):0.00})", MultiText: s.Value.Select(p => p.Layer).ToArray(),
+            MarkerColor: Color.fromString(Palette[i % Palette.Length]))).ToList();
+        return Style(Chart.Combine(traces), scatter.Title, "ΔD (direction change)", "ΔM (magnitude change)");
+    }
+
     /// <summary>A labelled heatmap, rows top to bottom; values of both signs get a diverging colour scale centred on
     /// zero, so a negative weight reads differently from a small positive one.</summary>
     public static GenericChart Heatmap(LabelledHeatmap map)

@@ -91,6 +91,22 @@ public sealed class EvidenceViewTests
     }
 
     [Fact]
+    public void The_magnitude_direction_view_draws_a_series_per_method_and_names_its_correlation()
+    {
+        var scatter = new MagnitudeDirectionScatter("ViT", new Dictionary<string, IReadOnlyList<MagnitudeDirection>>
+        {
+            ["LoRA"] = [new("a", 0.1, 0.01), new("b", 0.2, 0.02)],
+            ["full fine-tuning"] = [new("a", 0.2, 0.01), new("b", 0.1, 0.02)],
+        });
+        var traces = Traces(PeftCharts.MagnitudeDirection(scatter));
+        Assert.Equal(2, traces.Length);
+        Assert.Equal("LoRA (r = 1.00)", traces[0].GetProperty("name").GetString());
+        Assert.Equal("full fine-tuning (r = -1.00)", traces[1].GetProperty("name").GetString());
+        Assert.Equal(0.02, traces[0].GetProperty("x")[1].GetDouble(), 12);   // ΔD on x
+        Assert.Contains("correlation of ΔM and ΔD", Html(scatter));
+    }
+
+    [Fact]
     public void Loss_bands_draw_a_filled_band_and_a_mean_line_per_regime()
     {
         var (a, b) = (Log("a", 1), Log("b", 2));

@@ -92,14 +92,6 @@ public sealed partial class PeftModel
     }
 
     /// <summary>The layers <paramref name="config"/> goes into; none for methods that do not target layers.</summary>
-    /// <summary>Replaces the stored config of <paramref name="adapterName"/> (after its tensors were swapped in place).</summary>
-    internal void ReplaceConfig(string adapterName, AdapterConfig config)
-    {
-        int i = _adapters.FindIndex(a => a.Name == adapterName);
-        if (i < 0) throw UnknownAdapter(adapterName);
-        _adapters[i] = (adapterName, config);
-    }
-
     internal static TargetSelection SelectTargets(Module model, AdapterConfig config) =>
         config.TargetsLayers ? TargetMatcher.Select(model, config, config.CanHold) : new TargetSelection([], [], []);
 
@@ -301,8 +293,8 @@ public sealed partial class PeftModel
     /// <summary>The training state of <paramref name="adapterName"/> if a method made one, else null.</summary>
     internal T? FindMethodState<T>(string adapterName) where T : class => _methodState.GetValueOrDefault(adapterName) as T;
 
-    /// <summary>Replaces an adapter's config by one that differs only in what training decided (AdaLoRA's rank_pattern),
-    /// so that a save writes it.</summary>
+    /// <summary>Replaces an adapter's config by one of the same method that differs only in what training decided
+    /// (AdaLoRA's rank_pattern) or what a hot swap brought (its alpha), so that a save writes it.</summary>
     internal void ReplaceConfig(string adapterName, AdapterConfig config)
     {
         int index = _adapters.FindIndex(a => a.Name == adapterName);

@@ -77,3 +77,29 @@ public sealed record MagnitudeDirection(string Layer, double DeltaMagnitude, dou
             return Of(w0, w1, layer);
         }).ToList();
 }
+
+/// <summary>
+/// DoRA's Figure 2 as a record: ΔM against ΔD per layer (and checkpoint or seed) for several ways of fine-tuning, with
+/// each series' Pearson correlation between ΔM and ΔD. The DoRA paper reads the sign: full fine-tuning and DoRA show a
+/// negative correlation (a layer changes either its magnitudes or its directions a lot), LoRA a positive one (both move
+/// together).
+/// </summary>
+/// <param name="Title">What the points are, e.g. "ViT, MNIST → Fashion-MNIST, 16 adapted layers, seed 1".</param>
+/// <param name="Series">Series name (e.g. "LoRA") → its points.</param>
+public sealed record MagnitudeDirectionScatter(string Title, IReadOnlyDictionary<string, IReadOnlyList<MagnitudeDirection>> Series)
+{
+    /// <summary>Pearson's correlation of ΔM and ΔD over one series' points (NaN with fewer than 2 points or no spread).</summary>
+    public static double Correlation(IReadOnlyList<MagnitudeDirection> points)
+    {
+        ArgumentNullException.ThrowIfNull(points);
+        if (points.Count < 2) return double.NaN;
+        double mx = points.Average(p => p.DeltaDirection), my = points.Average(p => p.DeltaMagnitude);
+        double sxy = points.Sum(p => (p.DeltaDirection - mx) * (p.DeltaMagnitude - my));
+        double sxx = points.Sum(p => (p.DeltaDirection - mx) * (p.DeltaDirection - mx));
+        double syy = points.Sum(p => (p.DeltaMagnitude - my) * (p.DeltaMagnitude - my));
+        return sxx == 0 || syy == 0 ? double.NaN : sxy / Math.Sqrt(sxx * syy);
+    }
+
+    /// <summary>Each series' correlation, in the order of <see cref="Series"/>.</summary>
+    public IReadOnlyDictionary<string, double> Correlations => Series.ToDictionary(s => s.Key, s => Correlation(s.Value));
+}

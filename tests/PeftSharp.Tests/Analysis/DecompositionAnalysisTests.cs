@@ -182,4 +182,20 @@ public sealed class DecompositionAnalysisTests
         var other = Assert.Throws<ArgumentException>(() => SingularSpectrum.OfFullDelta(tuned, new Mlp(16, 30, 8), "lin0"));
         Assert.Contains("same model", other.Message);
     }
+
+    [Fact]
+    public void The_magnitude_direction_scatter_gives_each_series_the_Pearson_correlation_of_its_points()
+    {
+        MagnitudeDirection P(double m, double d) => new("l", m, d);
+        var scatter = new MagnitudeDirectionScatter("t", new Dictionary<string, IReadOnlyList<MagnitudeDirection>>
+        {
+            ["rising"] = [P(1, 1), P(2, 2), P(3, 3)],
+            ["falling"] = [P(3, 1), P(2, 2), P(1, 3)],
+            ["mixed"] = [P(1, 1), P(3, 2), P(2, 3)],
+        });
+        Assert.Equal(1, scatter.Correlations["rising"], 12);
+        Assert.Equal(-1, scatter.Correlations["falling"], 12);
+        Assert.Equal(0.5, scatter.Correlations["mixed"], 12);   // Σxy = 1 over Σxx = Σyy = 2
+        Assert.True(double.IsNaN(MagnitudeDirectionScatter.Correlation([P(1, 1)])));
+    }
 }
