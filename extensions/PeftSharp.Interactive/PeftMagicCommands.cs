@@ -73,7 +73,9 @@ public sealed class PeftMagicCommands
 
         Add<PeftAttach>(root, "attach", "Attach an adapter to a model variable", Attach,
             [Model("the model (a TorchSharp module) to adapt"), Method(), P("--targets", "modules to adapt: names 'q,v', 're:<regex>' or 'all-linear'"),
-             P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"), .. MethodOptions()]);
+             P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"),
+             P("--calibrate", "variable holding an Action that runs the model on a few batches (spt: and calls backward() on each batch's loss), for methods that need data before they attach"),
+             .. MethodOptions()]);
         Add<PeftSummary>(root, "summary", "Per layer: method, rank, parameters, merged or not, active adapters", Summary, [Model("the adapted model")]);
         Add<PeftTargets>(root, "targets", "Preview which modules a target pattern matches (changes nothing)", Targets,
             [Model("the model"), P("--targets", "names 'q,v', 're:<regex>' or 'all-linear'"), Method()]);
@@ -190,7 +192,7 @@ public sealed class PeftMagicCommands
             });
 
     /// <summary>The parameters of <c>#!peft attach</c> that do not belong to a method.</summary>
-    static readonly string[] AttachParameters = ["--model", "--method", "--targets", "--name", "--as"];
+    static readonly string[] AttachParameters = ["--model", "--method", "--targets", "--name", "--as", "--calibrate"];
 
     /// <summary>
     /// Completions for a <c>#!peft attach</c> line: after <c>--</c>, the attach parameters and the options of the method the
@@ -238,23 +240,38 @@ public sealed class PeftMagicCommands
         config.Validate();
         var selection = PeftModel.PreviewTargets(module, config);
         var adapterName = command.Text("name") ?? PeftModel.DefaultAdapterName;
+        var calibrate = Calibration(command, config);
         // Prompts and prefixes go into the model's hooks, not into layers.
         var where = config.TargetsLayers ? $"{selection.Matched.Count} layer(s) of '{modelName}'" : $"the prompt hooks of '{modelName}'";
 
         var existing = value as PeftModel ?? FindPeftModel(module);
         if (existing is not null)
         {
-            existing.AddAdapter(adapterName, config);
+            existing.AddAdapter(adapterName, config, calibrate);
             Show(context, HtmlViews.Note($"Added adapter '{adapterName}' ({method.Name}) to {where}. " +
                                          $"Active adapters stay {string.Join(", ", existing.ActiveAdapters)}: call SetActiveAdapters(\"{adapterName}\") to train it.") +
                                 HtmlViews.PeftModel(existing));
             return;
         }
-        var peft = PeftModel.Create(module, config, adapterName);
+        var peft = PeftModel.Create(module, config, adapterName, calibrate);
         var variable = command.Text("as") ?? "peft";
         await _kernel.SetValueAsync(variable, peft, typeof(PeftModel));
         Show(context, HtmlViews.Note($"Attached {method.Name} '{adapterName}' to {where}; the variable '{variable}' holds the adapted model.") +
                       HtmlViews.PeftModel(peft));
+    }
+
+    // The Action named by --calibrate, required by methods that need data before they attach (SPT, calibrated inits).
+    Action? Calibration(PeftDirectiveCommand command, AdapterConfig config)
+    {
+        bool needed = config.NeedsCalibration || config.NeedsGradientCalibration;
+        var name = command.Text("calibrate");
+        if (name is null)
+            return needed ? throw new ArgumentException(
+                $"{config.MethodName} needs calibration data before it attaches: pass --calibrate <variable>, a variable holding an Action that runs the model on a few batches" +
+                (config.NeedsGradientCalibration ? " and calls backward() on each batch's loss, e.g. Action calib = () => { foreach (var (x, y) in batches) loss(model.call(x), y).backward(); };" : ".")) : null;
+        if (!_kernel.TryGetValue<object>(name, out var value) || value is not Action action)
+            throw new ArgumentException($"--calibrate names a variable holding an Action (e.g. Action calib = () => ...;); '{name}' is {(value is null ? "not a variable of the C# kernel" : $"a {value.GetType().Name}")}.");
+        return needed ? action : throw new ArgumentException($"{config.MethodName} needs no calibration data; leave out --calibrate.");
     }
 
     Task Summary(PeftSummary command, KernelInvocationContext context)

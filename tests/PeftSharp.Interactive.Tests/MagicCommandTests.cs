@@ -247,6 +247,7 @@ public sealed class MagicCommandTests
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
         ["adalora"] = "--model mlp --targets lin0,lin1 --init-r 4 --target-r 2 --total-step 20",
+        ["spt"] = "--model mlp --targets lin0,lin1 --budget 120 --threshold 60 --rank 2 --calibrate calibrateMlp",
     };
 
     [Fact]
@@ -269,10 +270,25 @@ public sealed class MagicCommandTests
                 var mlp = new Mlp(16, 32, 8); var bert = NewBert(); var gpt = NewGpt(); var sources = new Mlp(16, 32, 8);
                 var sourcesPeft = PeftModel.Create(sources, new LoraConfig { TargetModules = ["lin0"], R = 2 }, "a");
                 sourcesPeft.AddAdapter("b", new LoraConfig { TargetModules = ["lin0"], R = 2 });
+                Action calibrateMlp = () => { for (int i = 0; i < 2; i++) mlp.call(torch.randn(4, 16)).square().mean().backward(); };
                 """);
             var html = await k.Ok($"#!peft attach --method {method} {line} --as attached");
             Assert.True(html.Contains($"{method} 'default'") || html.Contains($"'default' ({method})"), $"{method}: {html[..Math.Min(300, html.Length)]}");
         }
+    }
+
+    [Fact]
+    public async Task SPT_through_the_magic_command_asks_for_its_calibration_action_and_its_sensitivity_map_draws_as_a_heatmap()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok("var mlp = new Mlp(16, 32, 8); Action calib = () => { for (int i = 0; i < 2; i++) mlp.call(torch.randn(4, 16)).square().mean().backward(); };");
+        var missing = await k.Fails("#!peft attach --model mlp --method spt --targets lin0,lin1 --budget 50");
+        Assert.Contains("--calibrate", missing);
+        var notAnAction = await k.Fails("#!peft attach --model mlp --method spt --targets lin0,lin1 --budget 50 --calibrate mlp");
+        Assert.Contains("holding an Action", notAnAction);
+        var html = await k.Ok("using PeftSharp.Adapters; var map = Sensitivity.Measure(mlp, [\"lin0\", \"lin1\", \"head\"], calib); map.Heatmap(100)");
+        Assert.Contains("\"type\":\"heatmap\"", html);
+        Assert.Contains("sensitive entries (top 100 of 1792)", html);
     }
 
     [Fact]

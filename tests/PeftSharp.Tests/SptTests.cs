@@ -64,7 +64,7 @@ public sealed class SptTests
         }
         Tensors.AssertClose(expectedHead, map["head"], 1e-9, "Σ_b (∂L_b/∂W_head)²");
         Tensors.AssertClose(expectedLin1, map["lin1"], 1e-9, "Σ_b (∂L_b/∂W_lin1)²");
-        Assert.Equal(3, map.BackwardPasses);
+        Assert.Equal(3, map.Batches);
         Assert.True(map["lin1"].max().item<double>() > 0, "the scores are not all zero");
     }
 

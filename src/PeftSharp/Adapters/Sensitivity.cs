@@ -18,18 +18,18 @@ public sealed class SensitivityMap : IDisposable
 {
     readonly Dictionary<string, Tensor> _scores;
 
-    internal SensitivityMap(IReadOnlyList<string> paths, Dictionary<string, Tensor> scores, int backwardPasses)
+    internal SensitivityMap(IReadOnlyList<string> paths, Dictionary<string, Tensor> scores, int batches)
     {
         Paths = paths;
         _scores = scores;
-        BackwardPasses = backwardPasses;
+        Batches = batches;
     }
 
     /// <summary>The measured layers, in the order given.</summary>
     public IReadOnlyList<string> Paths { get; }
 
-    /// <summary>How many backward passes (calibration batches) the scores sum over.</summary>
-    public int BackwardPasses { get; }
+    /// <summary>How many calibration batches the scores sum over (forward passes through the first measured layer).</summary>
+    public int Batches { get; }
 
     /// <summary>s = Σ_b g_b² of the layer at <paramref name="path"/>: (out, in), float64, CPU.</summary>
     public Tensor this[string path] => _scores.TryGetValue(path, out var s) ? s
@@ -104,7 +104,8 @@ public static class Sensitivity
     /// Runs <paramref name="runBatches"/>, which calls the model on a few calibration batches and <c>backward()</c> on
     /// each batch's loss, with every parameter frozen except the weights of the layers at <paramref name="paths"/>;
     /// returns s = Σ_b g_b² per weight entry, g_b the gradient of batch b's loss (one backward pass after each
-    /// forward pass of a measured layer: the gradient is collected when the layer runs again, and at the end).
+    /// forward pass of a measured layer: the gradient is collected when the layer runs again, and at the end, so the
+    /// action must not clear gradients itself).
     /// The model's <c>requires_grad</c> flags and the gradients it held are restored afterwards, also when a batch fails.
     /// </summary>
     public static SensitivityMap Measure(Module model, IReadOnlyList<string> paths, Action runBatches)
