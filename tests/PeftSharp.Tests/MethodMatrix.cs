@@ -201,7 +201,7 @@ public static class MethodMatrix
                 TargetModules = ["lin0", "lin1"], SensitiveEntries = 100, R = 2, LoraModules = ["lin1"],
                 SparsePattern = new Dictionary<string, int> { ["lin0"] = 3 }, SparseEntries = new Dictionary<string, long[]> { ["lin0"] = [0, 17, 300] },
             }),
-        new("block-spt", Block, BlockInput, () => new SptConfig { TargetModules = BlockTargets, SensitiveEntries = 400, R = 2 },
+        new("block-spt", Block, BlockInput, () => new SptConfig { TargetModules = BlockTargets, SensitiveEntries = 60, R = 2 },
             Calibrate: SquaredOutputCalibration(BlockInput), Second: () => new SptConfig
             {
                 TargetModules = BlockTargets, SensitiveEntries = 400, R = 2, LoraModules = ["mlp.fc1"],

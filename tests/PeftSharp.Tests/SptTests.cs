@@ -149,6 +149,7 @@ public sealed class SptTests
         var batches = Enumerable.Range(0, 4).Select(_ => row.Input()).ToList();
         new Trainer().Fit(peft, _ => batches, x => ((Module<Tensor, Tensor>)model).call(x).square().mean(), new TrainerOptions { Epochs = 3, LearningRate = 0.05 });
         var loraTargets = ((SptConfig)peft.Config(PeftModel.DefaultAdapterName)).LoraModules!.Select(p => p + ".weight").ToHashSet();
+        Assert.NotEmpty(loraTargets);   // the default threshold gives this row both kinds
         peft.MergeAndUnload();
 
         int changedSomewhere = 0;
@@ -163,6 +164,17 @@ public sealed class SptTests
         // Everything else in the model that is not a LoRA target is exactly as before.
         foreach (var (name, value) in before.Where(p => !chosen.ContainsKey(p.Key[..p.Key.LastIndexOf('.')]) && !loraTargets.Contains(p.Key)))
             Tensors.AssertEqual(value, model.get_parameter(name)!, name);
+    }
+
+    [Theory]
+    [InlineData(16, 16, 12)]   // r·(out+in)/5 = 12.8: 13 entries give a LoRA, 12 a sparse delta
+    [InlineData(32, 16, 19)]   // 19.2
+    [InlineData(30, 20, 19)]   // exactly 20: 20 entries reach it
+    public void The_default_threshold_is_the_authors_rule_count_at_least_a_fifth_of_the_LoRAs_size(int outFeatures, int inFeatures, long sigma)
+    {
+        var config = new SptConfig { R = 2 };
+        Assert.Equal(sigma, config.ThresholdFor(outFeatures, inFeatures));
+        Assert.Equal(7, (config with { StructuredThreshold = 7 }).ThresholdFor(outFeatures, inFeatures));
     }
 
     [Fact]

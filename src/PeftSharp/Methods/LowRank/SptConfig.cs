@@ -23,9 +23,9 @@ public sealed record SptConfig : AdapterConfig
     public int? SensitiveEntries { get; init; }
 
     /// <summary>σ_opt: a target with more sensitive entries than this gets a LoRA instead of a sparse delta. Null: the
-    /// LoRA's own size there, r·(out + in), so structured tuning is chosen only where it costs fewer parameters than the
-    /// entries it replaces.</summary>
-    [JsonPropertyName("structured_threshold"), Option("threshold", "sigma_opt: more sensitive entries than this in a matrix give it a LoRA (default r*(out+in))", Min = 0)]
+    /// rule of the authors' code (ziplab/SPT, <c>get_sensitivity</c>, alpha = 5): a LoRA where the count reaches a fifth
+    /// of the LoRA's own size there, count ≥ r·(out + in) / 5, i.e. σ_opt = ⌈r·(out + in) / 5⌉ − 1.</summary>
+    [JsonPropertyName("structured_threshold"), Option("threshold", "sigma_opt: more sensitive entries than this in a matrix give it a LoRA (default ceil(r*(out+in)/5) - 1)", Min = 0)]
     public int? StructuredThreshold { get; init; }
 
     /// <summary>The rank r of the structured targets' LoRA.</summary>
@@ -66,7 +66,7 @@ public sealed record SptConfig : AdapterConfig
     public override bool NeedsGradientCalibration => LoraModules is null;
 
     /// <summary>σ_opt for a weight of <paramref name="outFeatures"/> × <paramref name="inFeatures"/>.</summary>
-    public long ThresholdFor(long outFeatures, long inFeatures) => StructuredThreshold ?? (long)R * (outFeatures + inFeatures);
+    public long ThresholdFor(long outFeatures, long inFeatures) => StructuredThreshold ?? (R * (outFeatures + inFeatures) + 4) / 5 - 1;
 
     public override void Validate()
     {
