@@ -189,6 +189,7 @@ public sealed class SptTests
         Assert.Contains("sensitive_entries", Assert.Throws<ArgumentException>(() => new SptConfig { TargetModules = ["lin0"] }.Validate()).Message);
         var noBackward = Assert.Throws<ArgumentException>(() => Sensitivity.Measure(model, ["lin0"], () => model.call(Batches()[0]).Dispose()));
         Assert.Contains("backward()", noBackward.Message);
+        Assert.Contains("named twice", Assert.Throws<ArgumentException>(() => Sensitivity.Measure(model, ["lin0", "lin0"], () => { })).Message);
     }
 
     [Fact]

@@ -11,8 +11,9 @@ namespace PeftSharp.Adapters;
 /// SPT's parameter sensitivity (He et al. 2023, "Sensitivity-Aware Visual Parameter-Efficient Fine-Tuning"): for every
 /// entry w_n of the measured weight matrices, s_n = Σ_b (∂L_b / ∂w_n)², the squared gradient of the task loss L_b
 /// accumulated over the calibration batches b (the paper's first-order Taylor criterion: tuning w_n alone by one
-/// gradient step lowers the loss by about g_n²). One score tensor per measured layer, the shape of its weight
-/// (out, in), float64 on the CPU.
+/// gradient step lowers the loss by about g_n²). As the authors' code computes it (ziplab/SPT, <c>get_sensitivity</c>:
+/// per batch <c>zero_grad</c>, <c>backward</c>, add <c>grad**2</c>). One score tensor per measured layer, the shape of its
+/// weight (out, in), float64 on the CPU.
 /// </summary>
 public sealed class SensitivityMap : IDisposable
 {
@@ -113,6 +114,8 @@ public static class Sensitivity
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(runBatches);
         if (paths is not { Count: > 0 }) throw new ArgumentException("Name at least one layer whose weight to measure, e.g. [\"lin0\"].", nameof(paths));
+        if (paths.GroupBy(p => p).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            throw new ArgumentException($"'{twice.Key}' is named twice; name each layer to measure once.", nameof(paths));
         var layers = paths.Select(p => (Path: p, Layer: LayerAt(model, p), Weight: WeightAt(model, p))).ToList();
 
         var parameters = model.parameters().ToList();
