@@ -74,7 +74,8 @@ public sealed class PeftMagicCommands
         Add<PeftAttach>(root, "attach", "Attach an adapter to a model variable", Attach,
             [Model("the model (a TorchSharp module) to adapt"), Method(), P("--targets", "modules to adapt: names 'q,v', 're:<regex>' or 'all-linear'"),
              P("--name", "adapter name (default 'default')"), P("--as", "variable that receives the adapted model (default 'peft')"),
-             P("--calibration", "variable holding input batches (a Tensor or a list of Tensors) for methods that initialise from input statistics (corda)"), .. MethodOptions()]);
+             P("--calibration", "variable holding what a method needs before it attaches: input batches (a Tensor or a list of Tensors; corda) or an Action that runs the model on a few batches (spt: calling backward() on each batch's loss)"),
+             .. MethodOptions()]);
         Add<PeftSummary>(root, "summary", "Per layer: method, rank, parameters, merged or not, active adapters", Summary, [Model("the adapted model")]);
         Add<PeftTargets>(root, "targets", "Preview which modules a target pattern matches (changes nothing)", Targets,
             [Model("the model"), P("--targets", "names 'q,v', 're:<regex>' or 'all-linear'"), Method()]);
@@ -264,25 +265,33 @@ public sealed class PeftMagicCommands
                       HtmlViews.PeftModel(peft));
     }
 
-    // --calibration names a variable of input batches; the action runs the model on each (CorDA's covariance).
+    // --calibration names the data a method needs before it attaches: input batches (a Tensor or a list of Tensors, which
+    // the model runs on: CorDA's covariance), or an Action that runs the model itself (SPT: and calls backward() on each
+    // batch's loss, since it measures gradients).
     Action? Calibration(PeftDirectiveCommand command, AdapterConfig config, MethodInfo method, Module module)
     {
         var name = command.Text("calibration");
-        if (!config.NeedsCalibration)
-            return name is null ? null : throw new ArgumentException($"{method.Name} does not initialise from input statistics; leave out --calibration.");
+        if (!config.NeedsCalibration && !config.NeedsGradientCalibration)
+            return name is null ? null : throw new ArgumentException($"{method.Name} needs no calibration data; leave out --calibration.");
+        const string ActionExample = "Action calib = () => { foreach (var (x, y) in batches) loss(model.call(x), y).backward(); };";
         if (name is null)
-            throw new ArgumentException($"{method.Name} initialises from the covariance of each target's inputs: give --calibration <variable>, a Tensor or a list of Tensors of model inputs, e.g. var batches = new[] {{ torch.randn(8, 16) }};.");
+            throw new ArgumentException(config.NeedsGradientCalibration
+                ? $"{method.Name} measures gradients before it attaches: give --calibration <variable>, a variable holding an Action that runs the model on a few batches and calls backward() on each batch's loss, e.g. {ActionExample}"
+                : $"{method.Name} initialises from the covariance of each target's inputs: give --calibration <variable>, a Tensor or a list of Tensors of model inputs (e.g. var batches = new[] {{ torch.randn(8, 16) }};), or an Action that runs the model on them.");
         if (!_kernel.TryGetValue<object>(name, out var value))
-            throw new ArgumentException($"No variable '{name}' in the C# kernel; --calibration names a variable holding input batches (a Tensor or a list of Tensors).");
+            throw new ArgumentException($"No variable '{name}' in the C# kernel; --calibration names a variable holding {(config.NeedsGradientCalibration ? "an Action" : "input batches (a Tensor or a list of Tensors) or an Action")}.");
+        if (value is Action action) return action;
+        if (config.NeedsGradientCalibration)
+            throw new ArgumentException($"'{name}' is a {value?.GetType().Name ?? "null"}; {method.Name} needs --calibration to name a variable holding an Action that calls backward() on each batch's loss, e.g. {ActionExample}");
         IReadOnlyList<torch.Tensor> batches = value switch
         {
             torch.Tensor t => [t],
             IEnumerable<torch.Tensor> list => list.ToList(),
-            _ => throw new ArgumentException($"'{name}' is a {value?.GetType().Name ?? "null"}; --calibration needs a Tensor or a list of Tensors of model inputs."),
+            _ => throw new ArgumentException($"'{name}' is a {value?.GetType().Name ?? "null"}; --calibration needs a Tensor or a list of Tensors of model inputs, or an Action."),
         };
         if (batches.Count == 0) throw new ArgumentException($"'{name}' holds no batches; give at least one input Tensor.");
         if (module is not Module<torch.Tensor, torch.Tensor> callable)
-            throw new ArgumentException($"The model is a {module.GetType().Name}, which does not take a Tensor; calibrate in C# with PeftModel.Create(model, config, calibrate: ...).");
+            throw new ArgumentException($"The model is a {module.GetType().Name}, which does not take a Tensor; give an Action that runs it, or calibrate in C# with PeftModel.Create(model, config, calibrate: ...).");
         return () => { foreach (var batch in batches) callable.call(batch).Dispose(); };
     }
 

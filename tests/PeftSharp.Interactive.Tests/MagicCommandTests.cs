@@ -265,6 +265,7 @@ public sealed class MagicCommandTests
         ["soka"] = "--model mlp --targets lin0,lin1 --select elbow",
         ["corda"] = "--model mlp --targets lin0 --rank 2 --calibration batches",
         ["corda-kpm"] = "--model mlp --targets lin0,lin1 --rank 2 --calibration batches",
+        ["spt"] = "--model mlp --targets lin0,lin1 --budget 120 --threshold 60 --rank 2 --calibration calibrateMlp",
     };
 
     [Fact]
@@ -288,6 +289,7 @@ public sealed class MagicCommandTests
                 var batches = new[] { torch.randn(8, 16), torch.randn(4, 16) };
                 var sourcesPeft = PeftModel.Create(sources, new LoraConfig { TargetModules = ["lin0"], R = 2 }, "a");
                 sourcesPeft.AddAdapter("b", new LoraConfig { TargetModules = ["lin0"], R = 2 });
+                Action calibrateMlp = () => { for (int i = 0; i < 2; i++) mlp.call(torch.randn(4, 16)).square().mean().backward(); };
                 """);
             var html = await k.Ok($"#!peft attach --method {method} {line} --as attached");
             Assert.True(html.Contains($"{method} 'default'") || html.Contains($"'default' ({method})"), $"{method}: {html[..Math.Min(300, html.Length)]}");
@@ -296,6 +298,20 @@ public sealed class MagicCommandTests
         await k.Ok("var plain = new Mlp(16, 32, 8);");
         Assert.Contains("--calibration", await k.Fails("#!peft attach --model plain --method corda --targets lin0 --as c2"));
         Assert.Contains("leave out --calibration", await k.Fails("#!peft attach --model plain --method lora --targets lin0 --calibration batches --as c3"));
+    }
+
+    [Fact]
+    public async Task SPT_through_the_magic_command_asks_for_its_calibration_action_and_its_sensitivity_map_draws_as_a_heatmap()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok("var mlp = new Mlp(16, 32, 8); Action calib = () => { for (int i = 0; i < 2; i++) mlp.call(torch.randn(4, 16)).square().mean().backward(); };");
+        var missing = await k.Fails("#!peft attach --model mlp --method spt --targets lin0,lin1 --budget 50");
+        Assert.Contains("--calibration", missing);
+        var notAnAction = await k.Fails("#!peft attach --model mlp --method spt --targets lin0,lin1 --budget 50 --calibration mlp");
+        Assert.Contains("holding an Action", notAnAction);
+        var html = await k.Ok("using PeftSharp.Adapters; var map = Sensitivity.Measure(mlp, [\"lin0\", \"lin1\", \"head\"], calib); map.Heatmap(100)");
+        Assert.Contains("\"type\":\"heatmap\"", html);
+        Assert.Contains("sensitive entries (top 100 of 1792)", html);
     }
 
     [Fact]

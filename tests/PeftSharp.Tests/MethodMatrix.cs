@@ -21,12 +21,15 @@ namespace PeftSharp.Tests;
 /// <param name="Sources">Adapters the row's adapter composes (ScaLearn, AdapterFusion): added (and perturbed) first.</param>
 /// <param name="Method">The registered method the row exercises, where the config's own name does not say it (a preset
 /// such as "pfeiffer", an init such as "pissa").</param>
-/// <param name="Calibrate">For a method that initialises from its targets' input statistics (CorDA): the calibration
-/// action for a given model (runs it on a few batches).</param>
+/// <param name="Calibrate">For methods that need data before they attach: given the model, the calibration action passed to
+/// <see cref="PeftModel.Create"/> (it runs the model on a few batches: CorDA reads its targets' input statistics; SPT also
+/// calls backward on each loss).</param>
+/// <param name="Second">The second adapter's config where <see cref="SecondConfig"/>'s default does not fit (a method
+/// that needs calibration gets one with its allocation given, so that adding it needs no data).</param>
 public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model, Func<Tensor> Input, Func<AdapterConfig> Config,
                                 bool ChangesBase = false, bool CanMerge = true, bool IdentityAtInit = true, bool PerRow = true,
                                 IReadOnlyList<(string Name, Func<AdapterConfig> Config)>? Sources = null, double RoundingTolerance = 0,
-                                string? Method = null, Func<Module<Tensor, Tensor>, Action>? Calibrate = null)
+                                string? Method = null, Func<Module, Action>? Calibrate = null, Func<AdapterConfig>? Second = null)
 {
     /// <summary>The registered method this row exercises.</summary>
     public string MethodName => Method ?? Config().MethodName;
@@ -38,7 +41,7 @@ public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model,
     /// <summary>Puts the row's adapter into <paramref name="model"/> as "default" (after its sources) and activates it.</summary>
     public PeftModel Attach(Module model)
     {
-        if (Sources is not { Count: > 0 }) return PeftModel.Create(model, Config(), calibrate: Calibrate?.Invoke((Module<Tensor, Tensor>)model));
+        if (Sources is not { Count: > 0 }) return PeftModel.Create(model, Config(), calibrate: Calibrate?.Invoke(model));
         var peft = PeftModel.Create(model, Sources[0].Config(), Sources[0].Name);
         foreach (var (name, config) in Sources.Skip(1)) peft.AddAdapter(name, config());
         foreach (var (name, _) in Sources) Tensors.PerturbAdapters(peft, name, 0.3);
@@ -63,7 +66,7 @@ public sealed record MatrixCase(string Name, Func<Module<Tensor, Tensor>> Model,
     /// <summary>A second adapter for the two-adapter behaviours: the same method, except that methods which rewrite
     /// the base get a plain LoRA (a second residual init would rewrite the base under the first adapter).</summary>
     public AdapterConfig SecondConfig() =>
-        Config() is { RewritesBase: true } config ? config.PlainEquivalent() : Config();
+        Second?.Invoke() ?? (Config() is { RewritesBase: true } config ? config.PlainEquivalent() : Config());
 
     /// <summary>A model with fixed weights: every call gives the same base.</summary>
     public Module<Tensor, Tensor> NewModel(int seed = 7)
@@ -99,10 +102,10 @@ public static class MethodMatrix
     static readonly string[] BlockTargets = ["q", "k", "v", "o", "fc1", "fc2"];
 
     // Calibration for CorDA: the model on three batches of the row's input shape (own seed, so the rows stay reproducible).
-    static Action CalibrateOn(Module<Tensor, Tensor> model, Func<Tensor> input) => () =>
+    static Action CalibrateOn(Module model, Func<Tensor> input) => () =>
     {
         manual_seed(99);
-        for (int i = 0; i < 3; i++) using (NewDisposeScope()) model.call(input());
+        for (int i = 0; i < 3; i++) using (NewDisposeScope()) ((Module<Tensor, Tensor>)model).call(input());
     };
 
     static Module<Tensor, Tensor> TinyBertModel() => new TinyBert();
@@ -217,7 +220,34 @@ public static class MethodMatrix
             ChangesBase: true, Method: "corda", Calibrate: m => CalibrateOn(m, MlpInput)),
         new("block-corda-kpm", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Corda, CordaConfig = new() { CordaMethod = "kpm" } },
             ChangesBase: true, Method: "corda-kpm", Calibrate: m => CalibrateOn(m, BlockInput)),
+
+        // SPT (sensitivity-aware allocation from calibration gradients): LoRA where many entries are sensitive, a sparse delta elsewhere.
+        new("mlp-spt", MlpModel, MlpInput, () => new SptConfig { TargetModules = ["lin0", "lin1"], SensitiveEntries = 100, StructuredThreshold = 60, R = 2 },
+            Calibrate: SquaredOutputCalibration(MlpInput), Second: () => new SptConfig
+            {
+                TargetModules = ["lin0", "lin1"], SensitiveEntries = 100, R = 2, LoraModules = ["lin1"],
+                SparsePattern = new Dictionary<string, int> { ["lin0"] = 3 }, SparseEntries = new Dictionary<string, long[]> { ["lin0"] = [0, 17, 300] },
+            }),
+        new("block-spt", Block, BlockInput, () => new SptConfig { TargetModules = BlockTargets, SensitiveEntries = 60, R = 2 },
+            Calibrate: SquaredOutputCalibration(BlockInput), Second: () => new SptConfig
+            {
+                TargetModules = BlockTargets, SensitiveEntries = 400, R = 2, LoraModules = ["mlp.fc1"],
+                SparsePattern = new Dictionary<string, int> { ["attn.q"] = 2, ["attn.k"] = 0, ["attn.v"] = 1, ["attn.o"] = 1, ["mlp.fc2"] = 2 },
+                SparseEntries = new Dictionary<string, long[]> { ["attn.q"] = [1, 200], ["attn.k"] = [], ["attn.v"] = [5], ["attn.o"] = [255], ["mlp.fc2"] = [0, 511] },
+            }),
     ];
+
+    /// <summary>A calibration action: <paramref name="batches"/> batches from the row's input, each loss mean(y²)
+    /// backpropagated on its own (seeded, so every call sees the same data).</summary>
+    static Func<Module, Action> SquaredOutputCalibration(Func<Tensor> input, int batches = 3) => model => () =>
+    {
+        manual_seed(23);
+        for (int b = 0; b < batches; b++)
+        {
+            using var scope = NewDisposeScope();
+            ((Module<Tensor, Tensor>)model).call(input()).square().mean().backward();
+        }
+    };
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });
 

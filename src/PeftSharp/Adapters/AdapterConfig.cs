@@ -110,6 +110,17 @@ public abstract record AdapterConfig
     /// (<see cref="AdapterContext.Calibration"/>): the caller then passes batches to run through the model first.</summary>
     public virtual bool NeedsCalibration => false;
 
+    /// <summary>True when the method decides what each target gets from the gradients of the task loss on calibration
+    /// batches (SPT): <see cref="PeftModel.AddAdapter(string, AdapterConfig, Action?)"/> then calls
+    /// <see cref="AllocateFromGradients"/> first, with the caller's action that runs the model and calls backward on
+    /// each batch's loss.</summary>
+    public virtual bool NeedsGradientCalibration => false;
+
+    /// <summary>Measures what the method needs (e.g. <see cref="Sensitivity.Measure"/> over <paramref name="targetPaths"/>)
+    /// and returns the config with its decision written in, so that the layers are made from it and a saved file
+    /// reloads it without data. Called only when <see cref="NeedsGradientCalibration"/>.</summary>
+    public virtual AdapterConfig AllocateFromGradients(Module model, IReadOnlyList<string> targetPaths, Action calibrate) => this;
+
     /// <summary>Other adapters of the same model this one uses (ScaLearn's and AdapterFusion's source adapters): they
     /// must exist when it is added or loaded, and cannot be deleted before it.</summary>
     public virtual IReadOnlyList<string> DependsOn => [];

@@ -107,7 +107,9 @@ public sealed partial class PeftModel
     /// <summary>Adds another adapter. Like PEFT's <c>add_adapter</c> it does not become active by itself
     /// (call <c>SetActiveAdapters</c>); only active adapters train.</summary>
     /// <remarks><paramref name="calibrate"/> runs the model on a few batches for methods that initialise from
-    /// statistics of their targets' inputs (<see cref="AdapterConfig.NeedsCalibration"/>); others ignore it.</remarks>
+    /// statistics of their targets' inputs (<see cref="AdapterConfig.NeedsCalibration"/>), or runs it and calls backward on
+    /// each batch's loss for methods that allocate from gradients (<see cref="AdapterConfig.NeedsGradientCalibration"/>,
+    /// SPT); others ignore it.</remarks>
     public TargetSelection AddAdapter(string adapterName, AdapterConfig config, Action? calibrate = null)
     {
         EnsureUsable();
@@ -115,6 +117,14 @@ public sealed partial class PeftModel
         config.Validate();
         CheckDependencies(config);
         var selection = SelectTargets(Model, config);
+        if (config.NeedsGradientCalibration)
+        {
+            config = config.AllocateFromGradients(Model, selection.Matched, calibrate ?? throw new ArgumentException(
+                $"{config.MethodName} decides what each target gets from the task's gradients: pass a calibration action that runs the model on a few batches " +
+                "and calls backward() on each batch's loss, e.g. AddAdapter(name, config, calibrate: () => { foreach (var (x, y) in batches) loss(model.call(x), y).backward(); }).",
+                nameof(calibrate)));
+            config.Validate();
+        }
         Dictionary<string, LayerStatistics>? statistics = null;
         if (config.NeedsCalibration)
             statistics = Calibration.Collect(Model, selection.Matched, calibrate ?? throw new ArgumentException(
