@@ -246,6 +246,8 @@ public sealed class MagicCommandTests
         ["scalearn"] = "--model sources --targets lin0 --sources a,b --kind scalar_shared",
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
+        ["poly"] = "--model mlp --targets lin0,lin1 --rank 2 --tasks 3 --skills 4",
+        ["mhr"] = "--model mlp --targets lin0 --rank 2 --tasks 3 --splits 4",
     };
 
     [Fact]

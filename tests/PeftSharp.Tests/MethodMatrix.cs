@@ -2,6 +2,7 @@ using PeftSharp.Adapters;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Methods.Routing;
 using PeftSharp.Models.Bert;
 using PeftSharp.Models.Gpt;
 using PeftSharp.Models;
@@ -182,6 +183,11 @@ public static class MethodMatrix
         new("block-adapter-fusion", Block, BlockInput, () => new AdapterFusionConfig { TargetModules = ["fc2"], SourceAdapters = ["src0", "src1"] },
             CanMerge: false, IdentityAtInit: false, Sources: [("src0", FfnBottleneck), ("src1", FfnBottleneck)]),
         new("bert-compacter-plus-plus", TinyBertModel, TinyBertInput, () => BottleneckConfig.CompacterPlusPlus() with { BottleneckSize = 4, PhmDim = 2, PhmInitRange = 0.05 }, CanMerge: false, Method: "compacter++"),
+
+        // Routing (Poly / MHR): one task (PEFT's default n_tasks = 1), so rows need no task ids here; the multi-task
+        // behaviours (per-row task ids, routing) are in PolyTests. Mixing per task cannot fold into one weight.
+        new("mlp-poly", MlpModel, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 4, NSkills = 3 }, CanMerge: false),
+        new("block-mhr", Block, BlockInput, () => new PolyConfig { TargetModules = ["q", "v", "fc1"], R = 2, NSkills = 3, NSplits = 4 }, CanMerge: false),
     ];
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });

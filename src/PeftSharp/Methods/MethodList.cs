@@ -3,6 +3,7 @@ using PeftSharp.Adapters;
 using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Methods.Routing;
 
 namespace PeftSharp.Methods;
 
@@ -75,6 +76,8 @@ public static class MethodList
         Register("scalearn", "Activation", "o = h + Σ_k λ_k ⊙ Δ_k(h) over frozen source adapters; λ vector/scalar, per layer or shared", "Frohmann et al. 2023 (ScaLearn)", () => new ScaLearnConfig());
         Register("adapter-fusion", "Activation", "o = h + Σ_k softmax_k((Q h)·(K Δ_k)) V Δ_k over frozen source adapters", "Pfeiffer et al. 2021 (AdapterFusion)", () => new AdapterFusionConfig());
         Register("ia3", "Activation", "k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN W_2 (l_ff ⊙ f(W_1 x)), l = 1 at init", "Liu et al. 2022 ((IA)³)", () => new IA3Config());
+        Register("poly", "Routing", "K LoRA skills per layer; task t mixes them, w_t = z_t / Σ z_t, z = sigmoid(Z_t) (relaxed Bernoulli in training); y = W x + x A_t B_t / r", "Ponti et al. 2023 (Polytropon)", () => new PolyConfig());
+        Register("mhr", "Routing", "Poly with one routing per block of features (n_splits heads)", "Caccia et al. 2023 (Multi-Head Routing)", () => new PolyConfig { NSplits = 4 });
     }
 
     /// <summary>Every method, in the order registered.</summary>
