@@ -248,6 +248,7 @@ public sealed class MagicCommandTests
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
         ["poly"] = "--model mlp --targets lin0,lin1 --rank 2 --tasks 3 --skills 4",
         ["mhr"] = "--model mlp --targets lin0 --rank 2 --tasks 3 --splits 4",
+        ["mtlora"] = "--model mlp --targets lin0,lin1 --rank 2 --task-rank 1 --tasks 3",
     };
 
     [Fact]

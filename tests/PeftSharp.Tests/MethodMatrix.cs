@@ -188,7 +188,13 @@ public static class MethodMatrix
         // behaviours (per-row task ids, routing) are in PolyTests. Mixing per task cannot fold into one weight.
         new("mlp-poly", MlpModel, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 4, NSkills = 3 }, CanMerge: false),
         new("block-mhr", Block, BlockInput, () => new PolyConfig { TargetModules = ["q", "v", "fc1"], R = 2, NSkills = 3, NSplits = 4 }, CanMerge: false),
+        // Three tasks, each row's task id taken from the row itself (TaskRouted), so every behaviour sees several tasks.
+        new("tasks-mlp-poly", TaskRoutedMlp, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 2, NTasks = 3, NSkills = 2 }, CanMerge: false),
+        new("tasks-mlp-mtlora", TaskRoutedMlp, MlpInput, () => new MtLoraConfig { TargetModules = ["lin0", "lin1"], R = 4, TaskR = 2, NTasks = 3 }, CanMerge: false),
+        new("tasks-block-mtlora", () => new TaskRouted(Block(), 2), BlockInput, () => new MtLoraConfig { TargetModules = ["q", "v", "fc2"], R = 2, NTasks = 2, SharedScale = 2 }, CanMerge: false),
     ];
+
+    static Module<Tensor, Tensor> TaskRoutedMlp() => new TaskRouted(new Mlp(), 3);
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });
 
@@ -234,5 +240,46 @@ public sealed class TinyBert : Module<Tensor, Tensor>, IHasOutputHead
     {
         using var scope = NewDisposeScope();
         return head.call(bert.call(inputIds, null, null)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// A model that runs <c>inner</c> with a task id per row in force (for the multi-task rows of the matrix): the id of a row
+/// is a function of the row's own values, so a row run alone keeps the task it had in the batch. Any context already in
+/// force (per-row adapter names) is kept, with the task ids added.
+/// </summary>
+public sealed class TaskRouted : Module<Tensor, Tensor>
+{
+    readonly Module<Tensor, Tensor> inner;
+    readonly int _tasks;
+
+    public TaskRouted(Module<Tensor, Tensor> inner, int tasks) : base(nameof(TaskRouted))
+    {
+        this.inner = inner;
+        _tasks = tasks;
+        RegisterComponents();
+    }
+
+    /// <summary>Task of each row: ⌊1000·|Σ row|⌋ mod tasks.</summary>
+    public int[] TaskIds(Tensor x)
+    {
+        using var sums = x.detach().reshape(x.shape[0], -1).to(ScalarType.Float64).sum(1).cpu();
+        return sums.data<double>().ToArray().Select(s => (int)(Math.Floor(Math.Abs(s) * 1000) % _tasks)).ToArray();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var layers = inner.modules().OfType<AdapterLayer>().ToList();
+        var previous = layers.Select(l => l.Context).ToList();
+        var context = new ForwardContext { TaskIds = TaskIds(x), AdapterNames = previous.FirstOrDefault()?.AdapterNames };
+        foreach (var layer in layers) layer.Context = context;
+        try
+        {
+            return inner.call(x);
+        }
+        finally
+        {
+            for (int i = 0; i < layers.Count; i++) layers[i].Context = previous[i];
+        }
     }
 }

@@ -78,6 +78,7 @@ public static class MethodList
         Register("ia3", "Activation", "k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN W_2 (l_ff ⊙ f(W_1 x)), l = 1 at init", "Liu et al. 2022 ((IA)³)", () => new IA3Config());
         Register("poly", "Routing", "K LoRA skills per layer; task t mixes them, w_t = z_t / Σ z_t, z = sigmoid(Z_t) (relaxed Bernoulli in training); y = W x + x A_t B_t / r", "Ponti et al. 2023 (Polytropon)", () => new PolyConfig());
         Register("mhr", "Routing", "Poly with one routing per block of features (n_splits heads)", "Caccia et al. 2023 (Multi-Head Routing)", () => new PolyConfig { NSplits = 4 });
+        Register("mtlora", "Routing", "y_t = W x + s_sh·B_sh A_sh x + s_t·B_t A_t x, t the row's task id (shared branch alone without one)", "Agiza et al. 2024 (MTLoRA)", () => new MtLoraConfig());
     }
 
     /// <summary>Every method, in the order registered.</summary>
