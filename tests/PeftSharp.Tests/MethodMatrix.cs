@@ -192,6 +192,9 @@ public static class MethodMatrix
         new("tasks-mlp-poly", TaskRoutedMlp, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 2, NTasks = 3, NSkills = 2 }, CanMerge: false),
         new("tasks-mlp-mtlora", TaskRoutedMlp, MlpInput, () => new MtLoraConfig { TargetModules = ["lin0", "lin1"], R = 4, TaskR = 2, NTasks = 3 }, CanMerge: false),
         new("tasks-block-mtlora", () => new TaskRouted(Block(), 2), BlockInput, () => new MtLoraConfig { TargetModules = ["q", "v", "fc2"], R = 2, NTasks = 2, SharedScale = 2 }, CanMerge: false),
+        // MoLA: a mixture of LoRA experts per layer, top-k routing; on the GPT, 4 experts in layer 0 and 2 in layer 1.
+        new("mlp-mola", MlpModel, MlpInput, () => new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 }, CanMerge: false),
+        new("gpt-mola-triangle", TinyGptModel, TinyGptInput, () => new MolaConfig { TargetModules = ["q_proj", "down_proj"], R = 2, NumExperts = 3, TopK = 2, ExpertAllocation = "triangle" }, CanMerge: false),
     ];
 
     static Module<Tensor, Tensor> TaskRoutedMlp() => new TaskRouted(new Mlp(), 3);
