@@ -147,6 +147,18 @@ public sealed class MagicCommandTests
     }
 
     [Fact]
+    public async Task Routing_draws_the_task_by_skill_matrix_of_every_MHR_head()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --method mhr --targets lin0 --rank 2 --tasks 3 --skills 4 --splits 2");
+        var html = await k.Ok("#!peft routing --model peft");
+        Assert.Contains("routing at lin0 (head 0)", html);
+        Assert.Contains("routing at lin0 (head 1)", html);
+        Assert.Contains("4 experts, by task", html);
+    }
+
+    [Fact]
     public async Task Attach_summary_targets_and_merge_handle_bottleneck_scaling_and_prompt_methods()
     {
         using var k = await TestKernel.StartAsync();
