@@ -195,6 +195,8 @@ public static class MethodMatrix
         // MoLA: a mixture of LoRA experts per layer, top-k routing; on the GPT, 4 experts in layer 0 and 2 in layer 1.
         new("mlp-mola", MlpModel, MlpInput, () => new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 }, CanMerge: false),
         new("gpt-mola-triangle", TinyGptModel, TinyGptInput, () => new MolaConfig { TargetModules = ["q_proj", "down_proj"], R = 2, NumExperts = 3, TopK = 2, ExpertAllocation = "triangle" }, CanMerge: false),
+        // Earth-Adapter: frequency experts over the sequence (5 tokens, no [CLS]: a 1-D spectrum), soft router.
+        new("block-earth-adapter", Block, BlockInput, () => new EarthAdapterConfig { TargetModules = ["o", "fc2"], Dim = 4, ClsToken = false }, CanMerge: false),
     ];
 
     static Module<Tensor, Tensor> TaskRoutedMlp() => new TaskRouted(new Mlp(), 3);

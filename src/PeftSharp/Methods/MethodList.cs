@@ -80,6 +80,7 @@ public static class MethodList
         Register("mhr", "Routing", "Poly with one routing per block of features (n_splits heads)", "Caccia et al. 2023 (Multi-Head Routing)", () => new PolyConfig { NSplits = 4 });
         Register("mtlora", "Routing", "y_t = W x + s_sh·B_sh A_sh x + s_t·B_t A_t x, t the row's task id (shared branch alone without one)", "Agiza et al. 2024 (MTLoRA)", () => new MtLoraConfig());
         Register("mola", "Routing", "y = W x + Σ_{i∈top-k} w_i s·B_i A_i x, w = softmax(W_r x) renormalised over the top k; experts per layer uniform / triangle / inverted / hourglass / list; load-balancing loss", "Gao et al. 2024 (MoLA)", () => new MolaConfig());
+        Register("earth-adapter", "Routing", "h + s·Σ_i w_i E_i(band_i), bands = (h, FFT low, FFT high) of the token grid, w = softmax(W_r h)", "Hu et al. 2025 (Earth-Adapter)", () => new EarthAdapterConfig());
     }
 
     /// <summary>Every method, in the order registered.</summary>
