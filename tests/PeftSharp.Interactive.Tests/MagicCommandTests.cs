@@ -261,7 +261,7 @@ public sealed class MagicCommandTests
         ["poly"] = "--model mlp --targets lin0,lin1 --rank 2 --tasks 3 --skills 4",
         ["mhr"] = "--model mlp --targets lin0 --rank 2 --tasks 3 --splits 4",
         ["mtlora"] = "--model mlp --targets lin0,lin1 --rank 2 --task-rank 1 --tasks 3",
-        ["earth-adapter"] = "--model bert --targets re:.*output\\.dense --size 4 --cls false",
+        ["earth-adapter"] = "--model bert --targets re:.*output\\.dense --size 4 --cutoff 0.4",
         ["mola"] = "--model gpt --targets down_proj --rank 2 --experts 3 --top-k 2 --allocation inverted_triangle",
     };
 
