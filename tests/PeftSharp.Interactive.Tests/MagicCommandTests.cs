@@ -158,6 +158,18 @@ public sealed class MagicCommandTests
     }
 
     [Fact]
+    public async Task Routing_draws_the_task_by_skill_matrix_of_every_MHR_head()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --method mhr --targets lin0 --rank 2 --tasks 3 --skills 4 --splits 2");
+        var html = await k.Ok("#!peft routing --model peft");
+        Assert.Contains("routing at lin0 (head 0)", html);
+        Assert.Contains("routing at lin0 (head 1)", html);
+        Assert.Contains("4 experts, by task", html);
+    }
+
+    [Fact]
     public async Task Attach_summary_targets_and_merge_handle_bottleneck_scaling_and_prompt_methods()
     {
         using var k = await TestKernel.StartAsync();
@@ -266,6 +278,11 @@ public sealed class MagicCommandTests
         ["corda"] = "--model mlp --targets lin0 --rank 2 --calibration batches",
         ["corda-kpm"] = "--model mlp --targets lin0,lin1 --rank 2 --calibration batches",
         ["spt"] = "--model mlp --targets lin0,lin1 --budget 120 --threshold 60 --rank 2 --calibration calibrateMlp",
+        ["poly"] = "--model mlp --targets lin0,lin1 --rank 2 --tasks 3 --skills 4",
+        ["mhr"] = "--model mlp --targets lin0 --rank 2 --tasks 3 --splits 4",
+        ["mtlora"] = "--model mlp --targets lin0,lin1 --rank 2 --task-rank 1 --tasks 3",
+        ["earth-adapter"] = "--model bert --targets re:.*output\\.dense --size 4 --cutoff 0.4",
+        ["mola"] = "--model gpt --targets down_proj --rank 2 --experts 3 --top-k 2 --allocation inverted_triangle",
     };
 
     [Fact]

@@ -60,8 +60,11 @@ public sealed class BatchedPerRowTests
         var batched = Run(peft, x, rows, PerRowPath.Batched);
         AssertSame(batched, grouped, name);
 
-        // The rows it covers (LoRA, rsLoRA, PiSSA/OLoRA, ...) did take the batched path; the others fell back.
-        Assert.Equal(HasLowRankForm(c.Config()), peft.Layers.Any(l => l.LastPerRowPath == PerRowPath.Batched));
+        // The layers whose adapters are all plain low-rank products (LoRA, rsLoRA, PiSSA/OLoRA, SPT's structured part, ...)
+        // took the batched path; the others fell back to the grouped loop.
+        Assert.All(peft.Layers.Where(l => l.LastPerRowPath is not null), l => Assert.Equal(
+            l.AdapterNames.All(a => l[a].LowRank is not null) ? PerRowPath.Batched : PerRowPath.Grouped, l.LastPerRowPath));
+        if (HasLowRankForm(c.Config())) Assert.Contains(peft.Layers, l => l.LastPerRowPath == PerRowPath.Batched);
     }
 
     /// <summary>Three LoRAs of ranks 2, 6 and 4 (rsLoRA): r6 on lin1 only, so at lin0 its rows are base rows.</summary>

@@ -3,6 +3,7 @@ using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Methods.Routing;
 using PeftSharp.Models.Bert;
 using PeftSharp.Models.Gpt;
 using PeftSharp.Models;
@@ -235,6 +236,19 @@ public static class MethodMatrix
                 SparsePattern = new Dictionary<string, int> { ["attn.q"] = 2, ["attn.k"] = 0, ["attn.v"] = 1, ["attn.o"] = 1, ["mlp.fc2"] = 2 },
                 SparseEntries = new Dictionary<string, long[]> { ["attn.q"] = [1, 200], ["attn.k"] = [], ["attn.v"] = [5], ["attn.o"] = [255], ["mlp.fc2"] = [0, 511] },
             }),
+        // Routing (Poly / MHR): one task (PEFT's default n_tasks = 1), so rows need no task ids here; the multi-task
+        // behaviours (per-row task ids, routing) are in PolyTests. Mixing per task cannot fold into one weight.
+        new("mlp-poly", MlpModel, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 4, NSkills = 3 }, CanMerge: false),
+        new("block-mhr", Block, BlockInput, () => new PolyConfig { TargetModules = ["q", "v", "fc1"], R = 2, NSkills = 3, NSplits = 4 }, CanMerge: false),
+        // Three tasks, each row's task id taken from the row itself (TaskRouted), so every behaviour sees several tasks.
+        new("tasks-mlp-poly", TaskRoutedMlp, MlpInput, () => new PolyConfig { TargetModules = ["lin0", "lin1"], R = 2, NTasks = 3, NSkills = 2 }, CanMerge: false),
+        new("tasks-mlp-mtlora", TaskRoutedMlp, MlpInput, () => new MtLoraConfig { TargetModules = ["lin0", "lin1"], R = 4, TaskR = 2, NTasks = 3 }, CanMerge: false),
+        new("tasks-block-mtlora", () => new TaskRouted(Block(), 2), BlockInput, () => new MtLoraConfig { TargetModules = ["q", "v", "fc2"], R = 2, NTasks = 2, SharedScale = 2 }, CanMerge: false),
+        // MoLA: a mixture of LoRA experts per layer, top-k routing; on the GPT, 4 experts in layer 0 and 2 in layer 1.
+        new("mlp-mola", MlpModel, MlpInput, () => new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 }, CanMerge: false),
+        new("gpt-mola-triangle", TinyGptModel, TinyGptInput, () => new MolaConfig { TargetModules = ["q_proj", "down_proj"], R = 2, NumExperts = 3, TopK = 2, ExpertAllocation = "triangle" }, CanMerge: false),
+        // Earth-Adapter: frequency experts over the sequence (5 tokens, no [CLS]: a 1-D spectrum), soft router.
+        new("block-earth-adapter", Block, BlockInput, () => new EarthAdapterConfig { TargetModules = ["o", "fc2"], Dim = 4, ClsToken = false }, CanMerge: false),
     ];
 
     /// <summary>A calibration action: <paramref name="batches"/> batches from the row's input, each loss mean(y²)
@@ -248,6 +262,8 @@ public static class MethodMatrix
             ((Module<Tensor, Tensor>)model).call(input()).square().mean().backward();
         }
     };
+
+    static Module<Tensor, Tensor> TaskRoutedMlp() => new TaskRouted(new Mlp(), 3);
 
     public static IEnumerable<object[]> Names => Cases.Select(c => new object[] { c.Name });
 
@@ -293,5 +309,46 @@ public sealed class TinyBert : Module<Tensor, Tensor>, IHasOutputHead
     {
         using var scope = NewDisposeScope();
         return head.call(bert.call(inputIds, null, null)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// A model that runs <c>inner</c> with a task id per row in force (for the multi-task rows of the matrix): the id of a row
+/// is a function of the row's own values, so a row run alone keeps the task it had in the batch. Any context already in
+/// force (per-row adapter names) is kept, with the task ids added.
+/// </summary>
+public sealed class TaskRouted : Module<Tensor, Tensor>
+{
+    readonly Module<Tensor, Tensor> inner;
+    readonly int _tasks;
+
+    public TaskRouted(Module<Tensor, Tensor> inner, int tasks) : base(nameof(TaskRouted))
+    {
+        this.inner = inner;
+        _tasks = tasks;
+        RegisterComponents();
+    }
+
+    /// <summary>Task of each row: ⌊1000·|Σ row|⌋ mod tasks.</summary>
+    public int[] TaskIds(Tensor x)
+    {
+        using var sums = x.detach().reshape(x.shape[0], -1).to(ScalarType.Float64).sum(1).cpu();
+        return sums.data<double>().ToArray().Select(s => (int)(Math.Floor(Math.Abs(s) * 1000) % _tasks)).ToArray();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var layers = inner.modules().OfType<AdapterLayer>().ToList();
+        var previous = layers.Select(l => l.Context).ToList();
+        var context = new ForwardContext { TaskIds = TaskIds(x), AdapterNames = previous.FirstOrDefault()?.AdapterNames };
+        foreach (var layer in layers) layer.Context = context;
+        try
+        {
+            return inner.call(x);
+        }
+        finally
+        {
+            for (int i = 0; i < layers.Count; i++) layers[i].Context = previous[i];
+        }
     }
 }

@@ -52,7 +52,10 @@ public sealed record RoutingWeights(IReadOnlyList<RoutingLayer> Layers, string R
 
     /// <summary>The routing recorded by every adapter of <paramref name="peft"/> that reports one (see
     /// <see cref="IReportsRouting"/>); throws, saying why, when none does.</summary>
-    public static RoutingWeights Collect(PeftModel peft, string rowKind = "token")
+    /// <param name="peft">The adapted model.</param>
+    /// <param name="rowKind">What a row is ("token", "task"); null takes the routing adapters' own
+    /// (<see cref="IReportsRouting.RowKind"/>).</param>
+    public static RoutingWeights Collect(PeftModel peft, string? rowKind = null)
     {
         ArgumentNullException.ThrowIfNull(peft);
         var reporting = peft.Layers.SelectMany(l => l.AdapterNames.Select(n => l[n])).OfType<IReportsRouting>().ToList();
@@ -63,10 +66,10 @@ public sealed record RoutingWeights(IReadOnlyList<RoutingLayer> Layers, string R
                 $"No adapter in this model routes between experts (methods here: {string.Join(", ", methods)}). Routing weights come from " +
                 "mixture methods whose adapters implement IReportsRouting; run a forward pass with such an adapter first.");
         }
-        var layers = reporting.Select(r => r.LastRouting).OfType<RoutingLayer>().ToList();
+        var layers = reporting.SelectMany(r => r.RoutingLayers).ToList();
         if (layers.Count == 0)
             throw new InvalidOperationException("The routing adapters have not recorded a forward pass yet: run the model on some input first.");
-        return new RoutingWeights(layers, rowKind);
+        return new RoutingWeights(layers, rowKind ?? string.Join(" / ", reporting.Select(r => r.RowKind).Distinct()));
     }
 }
 
@@ -75,4 +78,11 @@ public interface IReportsRouting
 {
     /// <summary>The routing of the last forward pass, or null before the first one.</summary>
     RoutingLayer? LastRouting { get; }
+
+    /// <summary>Every routing matrix the adapter has (several for multi-head routing: one per head); by default
+    /// <see cref="LastRouting"/> alone.</summary>
+    IReadOnlyList<RoutingLayer> RoutingLayers => LastRouting is { } routing ? [routing] : [];
+
+    /// <summary>What a row of its routing is: "token" (per position), "task" (Poly's task × skill matrix), ...</summary>
+    string RowKind => "token";
 }

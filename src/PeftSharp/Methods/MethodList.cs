@@ -4,6 +4,7 @@ using PeftSharp.Methods.Activation;
 using PeftSharp.Methods.Bottleneck;
 using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Methods.Routing;
 
 namespace PeftSharp.Methods;
 
@@ -87,6 +88,11 @@ public static class MethodList
             () => new LoraConfig { InitLoraWeights = LoraInit.Corda, CordaConfig = new CordaConfig { CordaMethod = "ipm" } });
         Register("corda-kpm", "Decomposition", "KPM: B A = the r smallest components of SVD(W C); the large, knowledge-carrying ones stay frozen", "Yang et al. 2024 (CorDA)",
             () => new LoraConfig { InitLoraWeights = LoraInit.Corda, CordaConfig = new CordaConfig { CordaMethod = "kpm" } });
+        Register("poly", "Routing", "K LoRA skills per layer; task t mixes them, w_t = z_t / Σ z_t, z = sigmoid(Z_t) (relaxed Bernoulli in training); y = W x + x A_t B_t / r", "Ponti et al. 2023 (Polytropon)", () => new PolyConfig());
+        Register("mhr", "Routing", "Poly with one routing per block of features (n_splits heads)", "Caccia et al. 2023 (Multi-Head Routing)", () => new PolyConfig { NSplits = 4 });
+        Register("mtlora", "Routing", "y_t = W x + s_sh·B_sh A_sh x + s_t·B_t A_t x, t the row's task id (shared branch alone without one)", "Agiza et al. 2024 (MTLoRA)", () => new MtLoraConfig());
+        Register("mola", "Routing", "y = W x + Σ_{i∈top-k} w_i s·B_i A_i x, w = softmax(W_r x) renormalised over the top k; experts per layer uniform / triangle / inverted / hourglass / list; load-balancing loss", "Gao et al. 2024 (MoLA)", () => new MolaConfig());
+        Register("earth-adapter", "Routing", "h + s·Σ_i w_i E_i(band_i), bands = (h, FFT low, FFT high) of the token grid, w = softmax(W_r h)", "Hu et al. 2025 (Earth-Adapter)", () => new EarthAdapterConfig());
     }
 
     /// <summary>Every method, in the order registered.</summary>
