@@ -275,6 +275,7 @@ public sealed class MagicCommandTests
         ["loldu"] = "--model mlp --targets lin0 --rank 3",
         ["hydra"] = "--model mlp --targets lin0 --rank 2 --branches sequential",
         ["soka"] = "--model mlp --targets lin0,lin1 --select elbow",
+        ["transformed-lora"] = "--model mlp --targets lin0 --rank 2 --tt-rank 3",
         ["corda"] = "--model mlp --targets lin0 --rank 2 --calibration batches",
         ["corda-kpm"] = "--model mlp --targets lin0,lin1 --rank 2 --calibration batches",
         ["spt"] = "--model mlp --targets lin0,lin1 --budget 120 --threshold 60 --rank 2 --calibration calibrateMlp",

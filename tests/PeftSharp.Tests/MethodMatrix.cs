@@ -217,6 +217,8 @@ public static class MethodMatrix
         new("mlp-soka-energy", MlpModel, MlpInput, () => new SokaConfig { TargetModules = ["lin0", "lin1"], EnergyThreshold = 0.6 }),
         new("block-soka-elbow-grid", Block, BlockInput, () => new SokaConfig { TargetModules = ["q", "fc1", "fc2"], TermSelection = "elbow", GridRows = 2, GridCols = 4 }),
         new("mlp-soka-terms", MlpModel, MlpInput, () => new SokaConfig { TargetModules = ["lin1"], KroneckerTerms = 3 }),
+        new("mlp-transformed-lora", MlpModel, MlpInput, () => new TransformedLoraConfig { TargetModules = ["lin0", "lin1"], R = 2, TtRank = 2 }),
+        new("block-transformed-lora", Block, BlockInput, () => new TransformedLoraConfig { TargetModules = ["q", "fc2"], R = 2, LoraAlpha = 4, TtRank = 1 }),
         new("mlp-corda-ipm", MlpModel, MlpInput, () => new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, InitLoraWeights = LoraInit.Corda, CordaConfig = new() },
             ChangesBase: true, Method: "corda", Calibrate: m => CalibrateOn(m, MlpInput)),
         new("block-corda-kpm", Block, BlockInput, () => new LoraConfig { TargetModules = ["q", "v", "fc1"], R = 2, InitLoraWeights = LoraInit.Corda, CordaConfig = new() { CordaMethod = "kpm" } },

@@ -67,6 +67,16 @@ public static class KroneckerSpectrum
         return sum.reshape(m1 * m2, n1 * n2).MoveToOuterDisposeScope();
     }
 
+    /// <summary>Σ_k (A_k ⊗ B_k) x for every row x (..., n₁·n₂) without forming the products: with x read as X (n₁, n₂)
+    /// row-major, (A ⊗ B) x = vec(A X Bᵀ). A (K, m₁, n₁), B (K, m₂, n₂); the result is (..., m₁·m₂).</summary>
+    public static Tensor Apply(Tensor x, Tensor a, Tensor b)
+    {
+        long n1 = a.shape[2], n2 = b.shape[2];
+        var rows = x.reshape(-1, n1, n2);                                          // (N, n1, n2)
+        var y = einsum("kij,njq,kpq->nip", a, rows, b);                            // (N, m1, m2)
+        return y.reshape([.. x.shape[..^1], a.shape[1] * b.shape[1]]);
+    }
+
     /// <summary>The largest divisor of <paramref name="n"/> not above √n (1 for a prime): a balanced block grid.</summary>
     public static int BalancedFactor(long n)
     {

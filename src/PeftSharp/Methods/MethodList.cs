@@ -84,6 +84,7 @@ public static class MethodList
         Register("loldu", "Decomposition", "W = P L D U; ΔW = P L_r diag(s·z − D_r) U_r: only z (r) and s train", "Shi et al. 2024 (LoLDU)", () => new LolduConfig());
         Register("hydra", "Decomposition", "y = W x + s·B_p A_p x + s·B_s A_s (W x), B = 0; W' = W + s(B_p A_p + B_s A_s W)", "Kim et al. 2024 (Hydra)", () => new HydraConfig());
         Register("soka", "Decomposition", "W_res + Σ_k A_k ⊗ B_k from KPSVD of R(W) (Van Loan); K by energy, elbow or given; A_k, B_k train", "SoKA; Van Loan and Pitsianis 1993 (KPSVD)", () => new SokaConfig());
+        Register("transformed-lora", "Decomposition", "W' = W (I + ΔT) + s·B A: ΔT a two-core tensor train Σ G¹_k ⊗ G²_k (G² = 0), B = 0", "Transformed LoRA (tensor decomposition)", () => new TransformedLoraConfig());
         Register("corda", "Decomposition", "IPM: B A = the r largest components of SVD(W C), C the input covariance (calibration); base keeps the residual", "Yang et al. 2024 (CorDA)",
             () => new LoraConfig { InitLoraWeights = LoraInit.Corda, CordaConfig = new CordaConfig { CordaMethod = "ipm" } });
         Register("corda-kpm", "Decomposition", "KPM: B A = the r smallest components of SVD(W C); the large, knowledge-carrying ones stay frozen", "Yang et al. 2024 (CorDA)",

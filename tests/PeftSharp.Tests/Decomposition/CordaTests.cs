@@ -131,5 +131,11 @@ public sealed class CordaTests
         PeftModel.Load(fresh, directory);
         using var actual = fresh.call(x);
         Tensors.AssertClose(expected, actual, 2e-5, "plain LoRA on the original weights vs CorDA on the residual");
+
+        // Unconverted, the file holds A and B for a residual base that only the same calibration rebuilds: refused, saying so.
+        var raw = TempDirectory.Create();
+        peft.Save(raw, asPlainDelta: false);
+        var refused = Assert.Throws<ArgumentException>(() => PeftModel.Load(NewMlp(), raw));
+        Assert.Contains("calibration", refused.Message);
     }
 }

@@ -192,3 +192,31 @@ public sealed class SokaTests
         Assert.True(elbow.Layers.Single()["default"].Rank >= 1);
     }
 }
+
+public sealed class TransformedLoraTests
+{
+    [Fact]
+    public void Transformed_lora_computes_w_times_the_tensor_train_transform_plus_the_low_rank_term_and_merges_into_it()
+    {
+        manual_seed(51);
+        var model = new Mlp(16, 32, 8);
+        var lin0 = (TorchSharp.Modules.Linear)model.named_modules().Single(m => m.name == "lin0").module;
+        var w = lin0.weight!.detach().to(ScalarType.Float64).clone();
+        var bias = lin0.bias!.detach().to(ScalarType.Float64).clone();
+        var peft = PeftModel.Create(model, new TransformedLoraConfig { TargetModules = ["lin0"], R = 2, LoraAlpha = 4, TtRank = 3 });
+        Tensors.PerturbAdapters(peft, "default", 0.3);
+        var layer = peft.Layers.Single();
+        var p = layer["default"].named_parameters().ToDictionary(q => q.name, q => q.parameter.detach().to(ScalarType.Float64));
+        Assert.Equal([3L, 4, 4], p["tlora_G1"].shape);                // in = 16 = 4 · 4
+        var deltaT = zeros(16, 16, dtype: ScalarType.Float64);
+        for (int k = 0; k < 3; k++) deltaT += kron(p["tlora_G1"][k], p["tlora_G2"][k]);
+        var adapted = w.matmul(eye(16, dtype: ScalarType.Float64) + deltaT) + 2.0 * p["tlora_B"].matmul(p["tlora_A"]);
+        manual_seed(52);
+        var x = randn(5, 16);
+        Tensor y;
+        using (no_grad()) y = layer.call(x).to(ScalarType.Float64);
+        Tensors.AssertClose(x.to(ScalarType.Float64).matmul(adapted.t()) + bias, y, 1e-4, "y = (W (I + ΔT) + s·B A) x + b");
+        using var merged = layer["default"].MergedWeight(layer.BaseLayer);
+        Tensors.AssertClose(adapted, merged.to(ScalarType.Float64), 1e-4, "W' = W (I + ΔT) + s·B A");
+    }
+}

@@ -54,17 +54,8 @@ public sealed class SokaAdapter : WeightDeltaAdapter
     /// <summary>B (K, m₂, n₂).</summary>
     public Parameter B => soka_B;
 
-    // Σ_k A_k X B_kᵀ for every row: x (..., n1·n2) → (..., m1·m2).
-    static Tensor KroneckerApply(Tensor x, Tensor a, Tensor b)
-    {
-        long n1 = a.shape[2], n2 = b.shape[2];
-        var rows = x.reshape(-1, n1, n2);                                          // (N, n1, n2)
-        var y = einsum("kij,njq,kpq->nip", a, rows, b);                            // (N, m1, m2)
-        return y.reshape([.. x.shape[..^1], a.shape[1] * b.shape[1]]);
-    }
-
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer) =>
-        result.add_(KroneckerApply(x, soka_A, soka_B).sub_(KroneckerApply(x, soka_A0, soka_B0)));
+        result.add_(KroneckerSpectrum.Apply(x, soka_A, soka_B).sub_(KroneckerSpectrum.Apply(x, soka_A0, soka_B0)));
 
     /// <summary>ΔW = Σ_k A_k ⊗ B_k − Σ_k A⁰_k ⊗ B⁰_k (out, in).</summary>
     public override Tensor DeltaWeight(Module<Tensor, Tensor> baseLayer)
