@@ -140,11 +140,43 @@ public abstract class WeightDeltaAdapter : AdapterModule
         return (weight + DeltaWeight(baseLayer).to(weight.dtype)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>True when dW is computed from W itself (Hydra's sequential branch, Transformed LoRA's W·T): after a
+    /// merge W' − dW(W') is not W, so a merge keeps W and an unmerge restores it instead of subtracting.</summary>
+    protected virtual bool DeltaReadsBaseWeight => false;
+
+    Tensor? _weightBeforeMerge;   // (out, in), only when DeltaReadsBaseWeight and merged
+
+    public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
+    {
+        if (DeltaReadsBaseWeight)
+        {
+            _weightBeforeMerge?.Dispose();
+            using (NewDisposeScope())
+            using (no_grad()) _weightBeforeMerge = BaseWeight(baseLayer).detach().clone().DetachFromDisposeScope();
+        }
+        base.Merge(baseLayer, mergedWeight);
+    }
+
     public override void Unmerge(Module<Tensor, Tensor> baseLayer)
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var weight = BaseWeight(baseLayer);
-        weight.sub_(DeltaWeight(baseLayer).to(weight.dtype));
+        if (!DeltaReadsBaseWeight)
+        {
+            weight.sub_(DeltaWeight(baseLayer).to(weight.dtype));
+            return;
+        }
+        if (_weightBeforeMerge is null)
+            throw new InvalidOperationException($"This {MethodName} adapter is not merged, so there is nothing to unmerge.");
+        weight.copy_(_weightBeforeMerge);
+        _weightBeforeMerge.Dispose();
+        _weightBeforeMerge = null;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _weightBeforeMerge?.Dispose();
+        base.Dispose(disposing);
     }
 }

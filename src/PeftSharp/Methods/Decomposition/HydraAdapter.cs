@@ -15,7 +15,6 @@ namespace PeftSharp.Methods.Decomposition;
 public sealed class HydraAdapter : WeightDeltaAdapter
 {
     readonly Parameter? hydra_A_p, hydra_B_p, hydra_A_s, hydra_B_s;
-    Tensor? _weightBeforeMerge;
 
     public HydraAdapter(int r, double scaling, bool parallel, bool sequential, Tensor baseWeight) : base(nameof(HydraAdapter))
     {
@@ -78,28 +77,6 @@ public sealed class HydraAdapter : WeightDeltaAdapter
         return delta.mul_(Scaling).MoveToOuterDisposeScope();
     }
 
-    public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
-    {
-        _weightBeforeMerge?.Dispose();
-        using (NewDisposeScope())
-        using (no_grad()) _weightBeforeMerge = BaseWeight(baseLayer).detach().clone().DetachFromDisposeScope();
-        base.Merge(baseLayer, mergedWeight);
-    }
-
-    /// <summary>Restores the weight kept at <see cref="Merge"/> (W' − ΔW would read the merged W in ΔW's sequential term).</summary>
-    public override void Unmerge(Module<Tensor, Tensor> baseLayer)
-    {
-        if (_weightBeforeMerge is null)
-            throw new InvalidOperationException("This Hydra adapter is not merged, so there is nothing to unmerge.");
-        using (NewDisposeScope())
-        using (no_grad()) BaseWeight(baseLayer).copy_(_weightBeforeMerge);
-        _weightBeforeMerge.Dispose();
-        _weightBeforeMerge = null;
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _weightBeforeMerge?.Dispose();
-        base.Dispose(disposing);
-    }
+    // dW reads W (the sequential branch / W·T): the base class keeps W at merge and restores it at unmerge.
+    protected override bool DeltaReadsBaseWeight => true;
 }

@@ -16,7 +16,6 @@ namespace PeftSharp.Methods.Decomposition;
 public sealed class TransformedLoraAdapter : WeightDeltaAdapter
 {
     readonly Parameter tlora_G1, tlora_G2, tlora_A, tlora_B;
-    Tensor? _weightBeforeMerge;
 
     /// <param name="r">The rank of B A.</param>
     /// <param name="scaling">s = alpha / r.</param>
@@ -72,28 +71,6 @@ public sealed class TransformedLoraAdapter : WeightDeltaAdapter
         return weight.matmul(KroneckerSpectrum.Compose(tlora_G1, tlora_G2)).add_(tlora_B.matmul(tlora_A), alpha: Scaling).MoveToOuterDisposeScope();
     }
 
-    public override void Merge(Module<Tensor, Tensor> baseLayer, Tensor mergedWeight)
-    {
-        _weightBeforeMerge?.Dispose();
-        using (NewDisposeScope())
-        using (no_grad()) _weightBeforeMerge = BaseWeight(baseLayer).detach().clone().DetachFromDisposeScope();
-        base.Merge(baseLayer, mergedWeight);
-    }
-
-    /// <summary>Restores the weight kept at <see cref="Merge"/>.</summary>
-    public override void Unmerge(Module<Tensor, Tensor> baseLayer)
-    {
-        if (_weightBeforeMerge is null)
-            throw new InvalidOperationException("This Transformed LoRA adapter is not merged, so there is nothing to unmerge.");
-        using (NewDisposeScope())
-        using (no_grad()) BaseWeight(baseLayer).copy_(_weightBeforeMerge);
-        _weightBeforeMerge.Dispose();
-        _weightBeforeMerge = null;
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _weightBeforeMerge?.Dispose();
-        base.Dispose(disposing);
-    }
+    // dW reads W (the sequential branch / W·T): the base class keeps W at merge and restores it at unmerge.
+    protected override bool DeltaReadsBaseWeight => true;
 }
