@@ -37,6 +37,8 @@ public static class Formatters
         Formatter.Register<LabelledHeatmap>((map, writer) => writer.Write(HtmlViews.Heatmap(map)), html);
         Formatter.Register<MagnitudeDirectionScatter>((scatter, writer) => writer.Write(HtmlViews.MagnitudeDirection(scatter)), html);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(HtmlViews.ClaimVerdict(verdict)), html);
+        Formatter.Register<TrainingProfile>((profile, writer) => writer.Write(HtmlViews.Profile(profile)), html);
+        Formatter.Register<TrainingProfile>((profile, writer) => writer.Write(profile.ToText()), PlainTextFormatter.MimeType);
         Formatter.Register<ClaimVerdict>((verdict, writer) => writer.Write(verdict.ToString()), PlainTextFormatter.MimeType);
         // Plotly.NET's own GenericChart formatter loads plotly.js from a CDN; charts made in cells render like ours. (Plotly's
         // MIME type application/vnd.plotly.v1+json is not offered beside it: dotnet-interactive 1.0.712001's Jupyter bridge

@@ -178,6 +178,26 @@ public static class HtmlViews
                  $"; a direction counts only when Δ is more than {Analysis.Claim.NoiseMultiple:0} standard errors of the paired differences past the threshold ({(verdict.Margin > 0 ? $"-{verdict.Margin:0.####}" : "0")})") + "</div>";
     }
 
+    /// <summary>A training profile: the step's time with and without the hooks, the phases, memory by kind, the slowest
+    /// modules, and the two charts.</summary>
+    public static string Profile(TrainingProfile profile, int top = 12)
+    {
+        var c = CultureInfo.InvariantCulture;
+        string Ms(double seconds) => (1000 * seconds).ToString("0.0", c) + " ms";
+        string Share(double seconds) => profile.StepSeconds > 0 ? (seconds / profile.StepSeconds).ToString("P0", c) : "";
+        return "<div class=\"peftsharp-profile\">" +
+            Line($"{profile.Title}: {profile.TrainableParameters.ToString("N0", c)} of {profile.AllParameters.ToString("N0", c)} parameters train; a step takes {Ms(profile.UnprofiledStepSeconds)} " +
+                 $"({Ms(profile.StepSeconds)} with the profile's hooks, x{profile.Overhead.ToString("0.00", c)}; shares below are of the profiled step), mean of {profile.Steps}") +
+            Table(["phase", "time", "share"], profile.Phases.Select(p => new object?[] { p.Phase, Ms(p.Seconds), Share(p.Seconds) })) +
+            Table(["memory", "size"], profile.Memory.Select(m => new object?[] { m.Kind, Bytes(m.Bytes) })
+                .Append(["minor page faults per step", profile.MinorPageFaultsPerStep.ToString("N0", c)])
+                .Append(["managed allocations per step", $"{Bytes(profile.ManagedBytesPerStep)}, {profile.CollectionsPerStep.ToString("0.##", c)} collections"])) +
+            Line($"the {Math.Min(top, profile.Modules.Count)} slowest of {profile.Modules.Count} modules:") +
+            Table(["module", "kind", "forward", "backward", "output", "trains"], profile.Modules.OrderByDescending(m => m.TotalSeconds).Take(top)
+                .Select(m => new object?[] { m.Path, m.Kind, Ms(m.ForwardSeconds), Ms(m.BackwardSeconds), Bytes(m.OutputBytes), m.TrainableParameters.ToString("N0", c) })) +
+            ChartHtml.Fragment(PeftCharts.ProfilePhases(profile)) + ChartHtml.Fragment(PeftCharts.ProfileMemory(profile)) + ChartHtml.Fragment(PeftCharts.ProfileModules(profile)) + "</div>";
+    }
+
     /// <summary>A short error box (used for messages that are not failures, e.g. a hint).</summary>
     public static string Note(string text) => $"<div class=\"peftsharp-note\" style=\"margin:4px 0;color:#555\">{E(text)}</div>";
 

@@ -184,6 +184,51 @@ public static class PeftCharts
         return Style(chart, map.Title, map.ColumnKind, map.RowKind);
     }
 
+    /// <summary>Each profiled module's forward and backward time in one step, stacked, in the order the forward calls
+    /// them (a module that does not train has almost no backward of its own beyond the gradient it passes on).</summary>
+    public static GenericChart ProfileModules(TrainingProfile profile)
+    {
+        ArgumentNullException.ThrowIfNull(profile);
+        var names = profile.Modules.Select(m => m.Path).ToArray();
+        var forward = Chart.Column<double, string, string>(profile.Modules.Select(m => 1000 * m.ForwardSeconds), Keys: names, Name: "forward",
+            MarkerColor: Color.fromString(Palette[0]));
+        var backward = Chart.Column<double, string, string>(profile.Modules.Select(m => 1000 * m.BackwardSeconds), Keys: names, Name: "backward",
+            MarkerColor: Color.fromString(Palette[1]));
+        return Style(Stacked(Chart.Combine([forward, backward])), $"{profile.Title}: time per module in one step (mean of {profile.Steps})", "module", "ms");
+    }
+
+    // Plotly draws a horizontal bar chart's first category at the bottom: the phases and kinds are given reversed, so they
+    // read top down in step order.
+
+    /// <summary>The step's time by phase, one colour per profile: zero_grad, forward (modules and between them),
+    /// backward (the same), optimizer step.</summary>
+    public static GenericChart ProfilePhases(params TrainingProfile[] profiles)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(profiles.Length);
+        var traces = profiles.Select((p, i) => Chart.Bar<double, string, string>(p.Phases.Reverse().Select(x => 1000 * x.Seconds), Keys: p.Phases.Reverse().Select(x => x.Phase).ToArray(),
+            Name: p.Title, MarkerColor: Color.fromString(Palette[i % Palette.Length]))).ToList();
+        var title = profiles.Length == 1 ? $"{profiles[0].Title}: time by phase" : "time by phase";
+        return Style(Chart.Combine(traces), title + " (profiled step)", "ms per step", "phase");
+    }
+
+    /// <summary>Memory by kind, one colour per profile: what lives between steps (parameters, their gradients, the
+    /// optimizer's state) next to what a step adds (module outputs, the step's peak above its start).</summary>
+    public static GenericChart ProfileMemory(params TrainingProfile[] profiles)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(profiles.Length);
+        var traces = profiles.Select((p, i) => Chart.Bar<double, string, string>(p.Memory.Reverse().Select(m => m.Bytes / 1e6), Keys: p.Memory.Reverse().Select(m => m.Kind).ToArray(),
+            Name: p.Title, MarkerColor: Color.fromString(Palette[i % Palette.Length]))).ToList();
+        var title = profiles.Length == 1 ? $"{profiles[0].Title}: memory by kind" : "memory by kind";
+        return Style(Chart.Combine(traces), title, "MB", "kind");
+    }
+
+    static GenericChart Stacked(GenericChart chart) =>
+        GenericChart.mapLayout(FuncConvert.FromFunc<Layout, Layout>(layout =>
+        {
+            layout.SetProperty("barmode", "stack");
+            return layout;
+        }), chart);
+
     // D3's category10, the colours Plotly itself cycles through.
     static readonly string[] Palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 

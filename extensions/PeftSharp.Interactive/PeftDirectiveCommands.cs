@@ -58,4 +58,5 @@ public sealed class PeftLoad : PeftDirectiveCommand;
 public sealed class PeftSpectrum : PeftDirectiveCommand;
 public sealed class PeftRanks : PeftDirectiveCommand;
 public sealed class PeftRouting : PeftDirectiveCommand;
+public sealed class PeftProfile : PeftDirectiveCommand;
 public sealed class PeftMethods : PeftDirectiveCommand;

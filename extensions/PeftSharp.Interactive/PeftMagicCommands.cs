@@ -7,6 +7,7 @@ using PeftSharp.Adapters;
 using PeftSharp.Analysis;
 using PeftSharp.IO;
 using PeftSharp.Methods;
+using PeftSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch.nn;
 
@@ -24,7 +25,7 @@ public sealed class PeftMagicCommands
 
     /// <summary>The subcommands, in the order <c>#!peft</c>'s help lists them.</summary>
     public static IReadOnlyList<string> Subcommands { get; } =
-        ["attach", "summary", "targets", "merge", "unmerge", "save", "load", "spectrum", "ranks", "routing", "methods"];
+        ["attach", "summary", "targets", "merge", "unmerge", "save", "load", "spectrum", "ranks", "routing", "profile", "methods"];
 
     readonly CSharpKernel _kernel;
 
@@ -96,6 +97,10 @@ public sealed class PeftMagicCommands
         Add<PeftRanks>(root, "ranks", "Rank allocation across layers", Ranks, [Model("the adapted model"), P("--adapter", "adapter name (default: the first active)")]);
         Add<PeftRouting>(root, "routing", "Routing weights (token/task x expert) per layer", Routing,
             [Model("the adapted model"), P("--weights", "a variable holding a RoutingWeights record instead")]);
+        Add<PeftProfile>(root, "profile", "Where a training step's time and memory go, per module and phase", Profile,
+            [Model("the model to profile (adapted or not)"), P("--loss", "variable holding a Func<Tensor> that runs the model on one batch and returns the loss").AddCompletions(() => LossVariables()),
+             P("--steps", "steps measured (default 3), after one warm-up step").AddCompletions(() => ["1", "3", "5"]),
+             P("--title", "what the profile shows (default: the model variable's name)")]);
         Add<PeftMethods>(root, "methods", "List the methods and their parameters", Methods, [Method()]);
     }
 
@@ -446,6 +451,34 @@ public sealed class PeftMagicCommands
         }
         Show(context, HtmlViews.Routing(RoutingWeights.Collect(RequirePeft(command))));
         return Task.CompletedTask;
+    }
+
+    // A profile runs real steps on the model with AdamW at learning rate 0, so the weights stay as they were.
+    Task Profile(PeftProfile command, KernelInvocationContext context)
+    {
+        var (modelName, value) = Variable(command);
+        var module = AsModule(modelName, value);
+        const string LossExample = "Func<Tensor> loss = () => torch.nn.functional.mse_loss(model.call(x), y);";
+        var lossName = command.Required("loss", LossVariables().FirstOrDefault() ?? "loss");
+        if (!_kernel.TryGetValue<object>(lossName, out var loss))
+            throw new ArgumentException($"No variable '{lossName}' in the C# kernel; --loss names a variable holding a Func<Tensor> that returns one batch's loss, e.g. {LossExample}");
+        var lossFunction = loss as Func<torch.Tensor>
+            ?? throw new ArgumentException($"'{lossName}' is a {loss?.GetType().Name ?? "null"}; --loss needs a Func<Tensor> that returns one batch's loss, e.g. {LossExample}");
+        var stepsText = command.Text("steps");
+        int steps = stepsText is null ? 3
+            : int.TryParse(stepsText, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n is >= 1 and <= 100 ? n
+            : throw new ArgumentException($"--steps '{stepsText}' is not a number of steps; give a whole number from 1 to 100, e.g. --steps 3.");
+        var profile = TrainingProfile.Measure(module, lossFunction, steps, title: command.Text("title") ?? modelName);
+        Show(context, HtmlViews.Profile(profile));
+        return Task.CompletedTask;
+    }
+
+    // Variables a --loss can name: functions returning a tensor.
+    IEnumerable<string> LossVariables()
+    {
+        var variables = _kernel.ScriptState?.Variables;
+        if (variables is null) return [];
+        return Enumerable.Reverse<Microsoft.CodeAnalysis.Scripting.ScriptVariable>(variables).Where(v => v.Value is Func<torch.Tensor>).Select(v => v.Name).Distinct();
     }
 
     Task Methods(PeftMethods command, KernelInvocationContext context)

@@ -15,7 +15,9 @@ static class Cli
           methods [--json]                  list the methods the library has
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
-          bench lora [--quick]              LoRA speed and memory against full fine-tuning (one JSON line)
+          bench lora [--quick] [--profile] [--repeats N] [--threads N]
+                                            LoRA speed and memory against full fine-tuning (one JSON line;
+                                            --profile first prints where each training step's time and memory go)
           bench adapters [--quick] [--adapters N] [--batch N]
                                             mixed-batch throughput with 1..64 LoRAs: batched, grouped, merge-switch (one JSON line)
           data list                         the datasets in data/: split sizes, size on disk, source package
@@ -89,7 +91,7 @@ sealed class Arguments
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
         or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr" or "adapters";
 
-    static bool IsFlag(string name) => name is "json" or "quick" or "help" or "full";
+    static bool IsFlag(string name) => name is "json" or "quick" or "help" or "full" or "profile";
 
     /// <summary>Options given that no command knows.</summary>
     public IEnumerable<string> UnknownOptions => _options.Keys.Where(n => !IsValued(n) && !IsFlag(n));

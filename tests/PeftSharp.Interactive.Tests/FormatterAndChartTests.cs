@@ -94,6 +94,27 @@ public sealed class FormatterAndChartTests
     }
 
     [Fact]
+    public void A_training_profile_renders_its_phases_memory_and_modules_and_profiles_compare_in_one_chart()
+    {
+        var peft = NewPeft();
+        var x = randn(32, 16);
+        var lora = TrainingProfile.Measure(peft.Model, () => ((nn.Module<Tensor, Tensor>)peft.Model).call(x).pow(2).mean(), steps: 1, title: "LoRA");
+        manual_seed(0);
+        var plain = new Mlp(16, 32, 8);
+        var full = TrainingProfile.Measure(plain, () => plain.call(x).pow(2).mean(), steps: 1, title: "full fine-tuning");
+
+        var html = Html(lora);
+        Assert.Contains("optimizer step", html);
+        Assert.Contains("lin0", html);
+        Assert.Equal(3, html.Split("class=\"" + ChartHtml.ChartClass + "\"").Length - 1);   // phases, memory, modules
+        Assert.Contains("\"barmode\":\"stack\"", GenericChart.toFigureJson(PeftCharts.ProfileModules(lora)));
+        var memory = GenericChart.toFigureJson(PeftCharts.ProfileMemory(lora, full));
+        Assert.Contains("\"name\":\"LoRA\"", memory);
+        Assert.Contains("\"name\":\"full fine-tuning\"", memory);
+        Assert.Contains("optimizer state", memory);
+    }
+
+    [Fact]
     public void Routing_is_one_heatmap_per_layer()
     {
         var routing = new RoutingWeights(

@@ -333,6 +333,30 @@ public sealed class MagicCommandTests
     }
 
     [Fact]
+    public async Task Profile_shows_where_a_training_steps_time_and_memory_go_and_leaves_the_weights_unchanged()
+    {
+        using var k = await TestKernel.StartAsync();
+        await k.Ok(NewModel);
+        await k.Ok("#!peft attach --model model --targets lin0,lin1 --rank 4");
+        await k.Ok("Func<Tensor> loss = () => model.call(x).pow(2).mean(); var before = model.call(x).detach().clone();");
+        var html = await k.Ok("#!peft profile --model peft --loss loss --steps 2");
+        Assert.Contains("peftsharp-profile", html);
+        Assert.Contains("backward: modules", html);
+        Assert.Contains("optimizer state", html);
+        Assert.Contains("lin0", html);
+        Assert.Contains(ChartHtml.ChartClass, html);
+        var unchanged = await k.Submit("(model.call(x) - before).abs().max().item<float>()");
+        Assert.Equal(0f, unchanged.OfType<ReturnValueProduced>().Single().Value);
+
+        Assert.Contains("--loss is required", await k.Fails("#!peft profile --model peft"));
+        Assert.Contains("Func<Tensor>", await k.Fails("var notALoss = 3;\n#!peft profile --model peft --loss notALoss"));
+        Assert.Contains("No variable 'lose'", await k.Fails("#!peft profile --model peft --loss lose"));
+        Assert.Contains("from 1 to 100", await k.Fails("#!peft profile --model peft --loss loss --steps many"));
+        await k.Ok("foreach (var p in model.parameters()) p.requires_grad = false;");
+        Assert.Contains("requires_grad", await k.Fails("#!peft profile --model model --loss loss"));
+    }
+
+    [Fact]
     public async Task Ranks_on_a_live_AdaLoRA_model_draw_the_allocation_it_made_while_training()
     {
         using var k = await TestKernel.StartAsync();

@@ -16,13 +16,15 @@ namespace PeftSharp.Lab.Commands;
 /// measures in one process the median time and the peak memory of base inference, a head-only training step, a LoRA
 /// r=8 (q, k, v, o, fc1, fc2) training step, a full fine-tuning step, unmerged LoRA inference and merged inference.
 /// The configurations run interleaved, round after round, so drift of the machine touches all alike. Prints one JSON
-/// line with the ratios the issue sets targets for.
+/// line with the ratios the issue sets targets for, each configuration's min/median/max and the ratios round by round.
+/// With <c>--profile</c>, first prints a <see cref="TrainingProfile"/> of each training configuration.
 /// </summary>
 static class BenchLora
 {
     public static int Run(Arguments arguments)
     {
         bool quick = arguments.Flag("quick");
+        bool profile = arguments.Flag("profile");
         int rounds = arguments.Int("repeats", quick ? 2 : 5);
         int threads = arguments.Int("threads", 2);
         set_num_threads(threads);
@@ -105,7 +107,26 @@ static class BenchLora
             }
         }
 
+        // Where each training step's time and memory go (TrainingProfile), printed before the JSON line.
+        if (profile)
+        {
+            foreach (var (name, model, optimizer) in new[] { ("head_only_step", headModel, head), ("lora_step", loraModel, lora), ("full_finetune_step", fullModel, full) })
+            {
+                var p = TrainingProfile.Measure(model, () => functional.mse_loss(model.call(input), target), steps: quick ? 1 : 2, title: name,
+                                                optimizerStep: _ => optimizer.step());
+                model.eval();
+                Console.WriteLine(p.ToText(top: 12));
+            }
+        }
+
         double T(string name) => Median(seconds[name]);
+        // The spread: one noisy round shows as a wide min-max, and the per-round ratio shows whether it held round by round.
+        object Spread(string name) => new Dictionary<string, double>
+        {
+            ["min"] = Math.Round(seconds[name].Min(), 4), ["median"] = Math.Round(T(name), 4), ["max"] = Math.Round(seconds[name].Max(), 4),
+        };
+        double[] PerRound(string numerator, string denominator) =>
+            seconds[numerator].Zip(seconds[denominator], (a, b) => Math.Round(a / b, 3)).ToArray();
         double M(string name) => Median(peaks[name].Select(p => (double)p).ToList());
         // What a training step needs beyond the frozen weights: its own peak (activations, temporaries) plus what lives
         // between steps for the trained parameters, which the peak above the start cannot see: their gradients and
@@ -125,6 +146,13 @@ static class BenchLora
             ["threads"] = threads,
             ["rounds"] = rounds,
             ["seconds"] = configurations.ToDictionary(c => c.Name, c => Math.Round(T(c.Name), 4)),
+            ["seconds_spread"] = configurations.ToDictionary(c => c.Name, c => Spread(c.Name)),
+            ["ratios_per_round"] = new Dictionary<string, double[]>
+            {
+                ["lora_step_vs_full_step"] = PerRound("lora_step", "full_finetune_step"),
+                ["lora_unmerged_vs_base_inference"] = PerRound("lora_unmerged_inference", "base_inference"),
+                ["lora_merged_vs_base_inference"] = PerRound("lora_merged_inference", "base_inference"),
+            },
             ["peak_mb_over_start"] = configurations.ToDictionary(c => c.Name, c => Math.Round(M(c.Name) / 1e6, 1)),
             ["gradient_and_optimizer_mb"] = between.ToDictionary(p => p.Key, p => Math.Round(p.Value / 1e6, 1)),
             ["training_memory_mb"] = between.Keys.ToDictionary(k => k, k => Math.Round(Training(k) / 1e6, 1)),
