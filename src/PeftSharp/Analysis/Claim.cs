@@ -181,7 +181,8 @@ public sealed record ClaimVerdict(Claim Claim, ClaimOutcome Outcome, string Trea
                 ClaimOutcome.Held => $"held at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "above the threshold" : "in the claimed direction")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
                 ClaimOutcome.DidNotHold => $"did not hold at this scale: {delta} (more than {Claim.NoiseMultiple:0} standard errors {(Margin > 0 ? "below the threshold" : "against the claim")}{(Margin > 0 ? string.Create(c, $" -{Margin:0.####}") : "")})",
                 _ when Seeds < 2 && Unit == ClaimUnit.Seed => $"not decided: {delta}; one seed cannot tell a difference from noise",
-                _ => $"did not hold at this scale: {delta} is within {Claim.NoiseMultiple:0} standard errors{(Margin > 0 ? threshold : " of zero")}, so neither direction is shown",
+                // Not "did not hold": the claim was not contradicted, only not shown; a reader must tell the two apart.
+                _ => $"not shown at this scale: {delta} is within {Claim.NoiseMultiple:0} standard errors{(Margin > 0 ? threshold : " of zero")}, so neither direction is shown",
             };
         }
     }

@@ -66,6 +66,7 @@ public sealed class HonestComparisonTests
         var noise = claim.Check("DoRA", [0.83, 0.78, 0.82], "LoRA", [0.80, 0.80, 0.80], "accuracy");
         Assert.Equal(ClaimOutcome.WithinNoise, noise.Outcome);
         Assert.False(noise.IsLarge);
+        Assert.StartsWith("not shown at this scale", noise.Summary);   // not "did not hold": nothing contradicted the claim
         Assert.Contains("within 2 standard errors", noise.Summary);
 
         var opposite = claim.Check("DoRA", [0.75, 0.76, 0.74], "LoRA", [0.80, 0.80, 0.80], "accuracy");
