@@ -193,6 +193,42 @@ public sealed class IncreLoraTests
     }
 
     [Fact]
+    public void The_training_harness_trains_through_the_PeftModel_it_is_given_so_the_growth_runs_and_the_model_can_be_kept()
+    {
+        using var scope = NewDisposeScope();
+        var batches = Batches();
+        PeftModel? peft = null;
+        Mlp? kept = null;
+        var harness = new TrainingHarness<Mlp, (Tensor X, Tensor Y)>((_, _) => batches, (m, b) => functional.mse_loss(m.call(b.X), b.Y),
+            m => -functional.mse_loss(m.call(batches[0].X), batches[0].Y).item<float>(), evaluationExamples: 4, metric: "-mse")
+        { PeftOf = _ => peft, DisposeModels = false };
+        var run = harness.Run("IncreLoRA", 1, () =>
+        {
+            var model = new Mlp();
+            peft = PeftModel.Create(model, new IncreLoraConfig { TargetModules = Targets, InitR = 1, TargetR = 2, Tinit = 1, DeltaT = 2, TopH = 3 });
+            return model;
+        }, new TrainerOptions { MaxSteps = 4 }, m => kept = m);
+        Assert.Equal(6, run.Log.RankAllocations["default"].TotalRank);   // grown at step 2 (0-based), through Fit(PeftModel)
+        Assert.Equal(4, run.Log.Series("increlora_orth_reg").Count);
+        // DisposeModels = false: the model is the caller's, still usable after the run.
+        Assert.Equal(new long[] { 4, 3, 8 }, kept!.call(batches[0].X).shape);
+        kept.Dispose();
+    }
+
+    [Fact]
+    public void The_layer_by_module_heatmap_averages_the_final_ranks_of_several_runs()
+    {
+        var a = new RankAllocation("a", ["m.layers.0.q", "m.layers.0.v", "m.layers.1.q", "m.layers.1.v"], [1, 2, 3, 4], []);
+        var b = a with { AdapterName = "b", Ranks = [3, 2, 1, 0] };
+        var map = RankAllocation.LayerByModule([a, b], "final ranks");
+        Assert.Equal(["m.layers.0", "m.layers.1"], map.Rows);
+        Assert.Equal(["q", "v"], map.Columns);
+        Assert.Equal([2.0, 2.0], map.Values[0]);
+        Assert.Equal([2.0, 2.0], map.Values[1]);
+        Assert.Contains("same layers", Assert.Throws<ArgumentException>(() => RankAllocation.LayerByModule([a, a with { Layers = ["x"], Ranks = [1] }], "t")).Message);
+    }
+
+    [Fact]
     public void Bad_IncreLoRA_settings_are_refused_naming_the_field_and_what_would_be_right()
     {
         var ok = new IncreLoraConfig { TargetModules = ["lin0"] };
