@@ -203,6 +203,12 @@ public static class MethodMatrix
         {
             TargetModules = ["q", "v", "fc1", "fc2"], InitR = 3, TargetR = 1, TotalStep = 20, Tinit = 2, Tfinal = 5, LoraDropout = 0.1,
         }),
+        // IncreLoRA (rank added during training; the reserved triplet of advance learning is made when training starts)
+        new("mlp-increlora", MlpModel, MlpInput, () => new IncreLoraConfig { TargetModules = ["lin0", "lin1"], InitR = 2, TargetR = 4, DeltaT = 2, TopH = 1, LoraAlpha = 8 }),
+        new("block-increlora-dropout", Block, BlockInput, () => new IncreLoraConfig
+        {
+            TargetModules = ["q", "v", "fc1", "fc2"], InitR = 1, TargetR = 3, Tinit = 1, DeltaT = 2, TopH = 2, LoraDropout = 0.1, AdvanceLearn = false,
+        }),
         // The decomposition family: adapters initialised from a decomposition of W (SVD, LU), exactly the identity at init,
         // and Hydra's parallel + sequential branches.
         new("mlp-sorsa", MlpModel, MlpInput, () => new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 4 }),

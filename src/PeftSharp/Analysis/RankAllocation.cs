@@ -37,6 +37,25 @@ public sealed record RankAllocation(string AdapterName, IReadOnlyList<string> La
         return this with { Ranks = ranks.ToArray(), History = History.Append(new RankSnapshot(step, ranks.ToArray())).ToList() };
     }
 
+    /// <summary>
+    /// The final ranks as a layer × module heatmap (rows: the path up to its last number, e.g. "model.layers.1";
+    /// columns: the module within it, e.g. "mlp.up_proj"), averaged over <paramref name="allocations"/> of the same
+    /// layers (one per seed, say).
+    /// </summary>
+    public static LabelledHeatmap LayerByModule(IReadOnlyList<RankAllocation> allocations, string title)
+    {
+        if (allocations is not { Count: > 0 }) throw new ArgumentException("Give at least one rank allocation.", nameof(allocations));
+        var layers = allocations[0].Layers;
+        if (allocations.FirstOrDefault(a => !a.Layers.SequenceEqual(layers)) is { } other)
+            throw new ArgumentException($"The allocations must cover the same layers; '{other.AdapterName}' has {other.Layers.Count} layers, not those of '{allocations[0].AdapterName}'.", nameof(allocations));
+        var cells = layers.Select((path, i) => (Split: SensitivityMap.SplitLayer(path), Rank: allocations.Average(a => a.Ranks[i]))).ToList();
+        var rows = cells.Select(c => c.Split.Layer).Distinct().ToList();
+        var columns = cells.Select(c => c.Split.Module).Distinct().ToList();
+        var values = rows.Select(r => (IReadOnlyList<double>)columns.Select(c =>
+            cells.FirstOrDefault(x => x.Split.Layer == r && x.Split.Module == c).Rank).ToArray()).ToList();
+        return new LabelledHeatmap(title, rows, columns, values, "layer", "module", allocations.Count > 1 ? $"final rank (mean of {allocations.Count})" : "final rank");
+    }
+
     public override string ToString() =>
         $"rank allocation of '{AdapterName}': {Layers.Count} layers, total rank {TotalRank}" +
         (ChangesOverTime ? $", {History.Count} steps recorded" : "");

@@ -63,6 +63,7 @@ public static class MethodList
         Register("pissa", "LowRank", "B A = top-r SVD of W, base keeps W - s·B A", "Meng et al. 2024 (PiSSA)", () => new LoraConfig { InitLoraWeights = LoraInit.Pissa });
         Register("olora", "LowRank", "B A = first r columns/rows of QR(W), base keeps the residual", "Büyükakyüz 2024 (OLoRA)", () => new LoraConfig { InitLoraWeights = LoraInit.Olora });
         Register("adalora", "LowRank", "W x + α/r₀·P diag(E) Q x; triplets of lowest |p·∇p| importance pruned to a cubic budget", "Zhang et al. 2023 (AdaLoRA)", () => new AdaLoraConfig());
+        Register("increlora", "LowRank", "W x + α/r₀·P diag(E) Q x starting at r₀; every deltaT steps the top_h modules by mean triplet importance get one more rank-1 triplet (λ = 0, warmed up)", "Zhang et al. 2023 (IncreLoRA)", () => new IncreLoraConfig());
         Register("spt", "LowRank", "s = Σ_b (∂L_b/∂W)², global top-τ; matrices with > σ_opt sensitive entries get LoRA, the others a sparse ΔW on those entries", "He et al. 2023 (SPT)", () => new SptConfig());
         Register("bottleneck", "Bottleneck", "h + s·W_up f(W_down h) after the target, W_up = 0", "Houlsby et al. 2019; Pfeiffer et al. 2020 (AdapterHub)", () => new BottleneckConfig());
         Register("pfeiffer", "Bottleneck", "after the FFN on LN(FFN + residual), ReLU, reduction 16", "Pfeiffer et al. 2021 (AdapterFusion)", () => BottleneckConfig.Pfeiffer());

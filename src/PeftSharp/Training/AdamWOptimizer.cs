@@ -63,9 +63,12 @@ public sealed class AdamWOptimizer : IDisposable
     /// <c>.grad</c> is undefined is skipped, as in PyTorch). <paramref name="maskOf"/> gives a parameter's gradient mask
     /// or null. The gradients must already hold this step's values (and be masked: the mask here only guards the
     /// update). Temporaries are freed before it returns; the moments live until <see cref="Forget"/> or
-    /// <see cref="Dispose"/>.
+    /// <see cref="Dispose"/>. <paramref name="learningRateScaleOf"/> gives a factor in [0, 1] on one parameter's learning
+    /// rate (weight decay included), as a PyTorch param group with its own lr: IncreLoRA's restart warm-up of the
+    /// components it adds during training; null or 1 leaves the rate as it is.
     /// </summary>
-    public void Step(IEnumerable<Parameter> parameters, double learningRate, double weightDecay = 0, Func<Parameter, Tensor?>? maskOf = null)
+    public void Step(IEnumerable<Parameter> parameters, double learningRate, double weightDecay = 0, Func<Parameter, Tensor?>? maskOf = null,
+                     Func<Parameter, double>? learningRateScaleOf = null)
     {
         if (!(learningRate >= 0 && double.IsFinite(learningRate))) throw new ArgumentOutOfRangeException(nameof(learningRate), learningRate, "The learning rate must be finite and not negative.");
         if (!(weightDecay >= 0 && double.IsFinite(weightDecay))) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "The weight decay must be finite and not negative.");
@@ -75,6 +78,7 @@ public sealed class AdamWOptimizer : IDisposable
             using var scope = NewDisposeScope();
             var grad = parameter.grad;
             if (grad is null) continue;
+            double lr = learningRate * (learningRateScaleOf?.Invoke(parameter) ?? 1.0);
             if (!_state.TryGetValue(parameter, out var state))
             {
                 state = new State(zeros_like(parameter).DetachFromDisposeScope(), zeros_like(parameter).DetachFromDisposeScope());
@@ -86,19 +90,19 @@ public sealed class AdamWOptimizer : IDisposable
             state.FirstMoment.mul_(Beta1).add_(grad, alpha: 1 - Beta1);
             state.SecondMoment.mul_(Beta2).addcmul_(grad, grad, value: 1 - Beta2);
             var denominator = (state.SecondMoment.sqrt() / Math.Sqrt(biasCorrection2)).add_(Epsilon);
-            double stepSize = learningRate / biasCorrection1;
+            double stepSize = lr / biasCorrection1;
 
             var mask = maskOf?.Invoke(parameter);
             if (mask is null)
             {
-                parameter.mul_(1 - learningRate * weightDecay);
+                parameter.mul_(1 - lr * weightDecay);
                 parameter.addcdiv_(state.FirstMoment, denominator, value: -stepSize);
             }
             else
             {
                 // update = lr·λ·p + stepSize·m / denominator, then p ← p − update ⊙ mask: a 0 in the mask leaves p exact.
                 var update = (state.FirstMoment / denominator).mul_(stepSize);
-                if (weightDecay > 0) update.add_(parameter, alpha: learningRate * weightDecay);
+                if (weightDecay > 0) update.add_(parameter, alpha: lr * weightDecay);
                 parameter.sub_(update.mul_(mask));
             }
         }

@@ -142,6 +142,7 @@ public sealed class Trainer
 {
     readonly List<(string Name, Func<Tensor> Term)> _lossTerms = [];
     readonly Dictionary<Parameter, Tensor> _masks = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<Parameter, double> _learningRateScales = new(ReferenceEqualityComparer.Instance);
 
     /// <summary>Raised after every step, on the training thread.</summary>
     public event Action<TrainingProgress>? Progress;
@@ -199,6 +200,23 @@ public sealed class Trainer
 
     /// <summary>Trains every entry of <paramref name="parameter"/> again; false if it had no mask.</summary>
     public bool RemoveGradientMask(Parameter parameter) => _masks.Remove(parameter);
+
+    /// <summary>
+    /// Multiplies <paramref name="parameter"/>'s learning rate (the schedule's, weight decay included) by
+    /// <paramref name="scale"/> in [0, 1] from the next step on, as a PyTorch param group with its own lr: a method that
+    /// adds parameters during training warms them up on their own (IncreLoRA's restart warm-up). A second call replaces
+    /// the scale; <see cref="RemoveLearningRateScale"/> goes back to the schedule's rate.
+    /// </summary>
+    public void ScaleLearningRate(Parameter parameter, double scale)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        if (!(scale >= 0 && scale <= 1))
+            throw new ArgumentOutOfRangeException(nameof(scale), scale, "A learning-rate scale is a factor in [0, 1] on the schedule's rate (e.g. 0.25 a quarter into a warm-up).");
+        _learningRateScales[parameter] = scale;
+    }
+
+    /// <summary>Trains <paramref name="parameter"/> at the schedule's rate again; false if it had no scale.</summary>
+    public bool RemoveLearningRateScale(Parameter parameter) => _learningRateScales.Remove(parameter);
 
     /// <summary>
     /// Trains the adapters of <paramref name="peft"/>: exactly the parameters of <c>peft.Model</c> that require
@@ -348,7 +366,8 @@ public sealed class Trainer
         double? gradientNorm = null;
         if (options.MaxGradientNorm is double maxNorm)
             gradientNorm = nn.utils.clip_grad_norm_(parameters.Select(p => p.Parameter), maxNorm);
-        optimizer.Step(parameters.Select(p => p.Parameter), lr, options.WeightDecay, p => _masks.GetValueOrDefault(p));
+        optimizer.Step(parameters.Select(p => p.Parameter), lr, options.WeightDecay, p => _masks.GetValueOrDefault(p),
+                       _learningRateScales.Count == 0 ? null : p => _learningRateScales.GetValueOrDefault(p, 1.0));
         AfterStep?.Invoke(context);
         return (lossValue, gradientNorm);
     }

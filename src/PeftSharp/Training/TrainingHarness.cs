@@ -61,13 +61,24 @@ public sealed class TrainingHarness<TModel, TBatch>(
     public int EvaluationExamples { get; } = evaluationExamples > 0 ? evaluationExamples
         : throw new ArgumentOutOfRangeException(nameof(evaluationExamples), evaluationExamples, "The evaluation set has at least one example.");
 
+    /// <summary>The adapted model of a run's model, when it has one: runs then train through
+    /// <see cref="Trainer.Fit{TBatch}(Adapters.PeftModel, Func{int, IReadOnlyList{TBatch}}, Func{TBatch, Tensor}, TrainerOptions, Func{IReadOnlyDictionary{string, double}}?, string?)"/>,
+    /// so methods that act during training (AdaLoRA's and IncreLoRA's rank allocation, their regularisers) join the run
+    /// and record their ranks in the log. Null (the default): the model's trainable parameters train as they are.</summary>
+    public Func<TModel, Adapters.PeftModel?>? PeftOf { get; init; }
+
+    /// <summary>Dispose each run's model once it is scored and <c>afterTraining</c> has seen it (the default: a loop over
+    /// many runs keeps no memory). False leaves the models to the caller, e.g. to keep one for a closer look and dispose
+    /// the others in <c>afterTraining</c>.</summary>
+    public bool DisposeModels { get; init; } = true;
+
     /// <summary>Raised after every step of every run (e.g. for a progress line); the string is the run's name.</summary>
     public event Action<string, TrainingProgress>? Progress;
 
     /// <summary>
     /// One run: <c>torch.manual_seed(seed)</c>, <paramref name="createModel"/> (load the model, attach the adapter, set
     /// what trains), train with <paramref name="options"/>, score. <paramref name="afterTraining"/> sees the trained model
-    /// before it is disposed (for spectra, say). The model is always disposed: a loop over many runs keeps no memory.
+    /// before it is disposed (for spectra, say). The model is disposed unless <see cref="DisposeModels"/> is false.
     /// </summary>
     public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null)
     {
@@ -81,8 +92,10 @@ public sealed class TrainingHarness<TModel, TBatch>(
         {
             var trainer = new Trainer();
             if (Progress is { } listeners) trainer.Progress += p => listeners(name, p);
-            var log = trainer.Fit(model, epoch => batches(seed, epoch), batch => loss(model, batch), options,
-                evaluate: () => new Dictionary<string, double> { [Metric] = score(model) }, name: name);
+            Func<IReadOnlyDictionary<string, double>> evaluate = () => new Dictionary<string, double> { [Metric] = score(model) };
+            var log = PeftOf?.Invoke(model) is { } peft
+                ? trainer.Fit(peft, epoch => batches(seed, epoch), batch => loss(model, batch), options, evaluate, name)
+                : trainer.Fit(model, epoch => batches(seed, epoch), batch => loss(model, batch), options, evaluate, name);
             // The trainer evaluates after its last step; this holds when a later epoch ran out of batches early.
             double value = log.LastEvaluation is { } last && last.Step == log.Steps[^1].Step && last.Metrics.TryGetValue(Metric, out var v) ? v : Score(model);
             afterTraining?.Invoke(model);
@@ -90,7 +103,7 @@ public sealed class TrainingHarness<TModel, TBatch>(
         }
         finally
         {
-            model.Dispose();
+            if (DisposeModels) model.Dispose();
             if (MeasuresMemory) ProcessMemory.KeepFreedMemory();
         }
     }
