@@ -125,7 +125,7 @@ public static class HtmlViews
         bool seeded = comparison.Seeds > 1;
         static string F(double v) => v.ToString("0.####", CultureInfo.InvariantCulture);
         // One seed: the only error bar there is comes from the evaluation set's size (see SamplingStandardError).
-        bool sampled = !seeded && comparison.Rows.Count > 0 && comparison.Rows.All(r => comparison.SamplingStandardError(r) is not null);
+        bool sampled = comparison.ShowsSamplingError;
         var headers = new List<string> { "regime", seeded ? $"{comparison.Metric} (mean ± std)" : sampled ? $"{comparison.Metric} ± 2 SE of the evaluation sample" : comparison.Metric };
         if (seeded) headers.AddRange(["seeds", "per seed"]);
         headers.AddRange(["trainable parameters", "trainable %", "training time", "peak memory above start"]);

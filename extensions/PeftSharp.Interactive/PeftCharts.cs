@@ -108,7 +108,7 @@ public static class PeftCharts
             var point = Chart.Point<long, double, string>([r.TrainableParameters], [r.Score], Name: r.Name,
                 MultiText: new[] { $"{r.Name}: {Mean(r)} ({r.TrainablePercent:0.##}% trainable)" }, TextPosition: StyleParam.TextPosition.TopCenter);
             return r.Seeds > 1 ? WithErrorBars(point, [r.StandardDeviation])
-                : comparison.Seeds == 1 && comparison.SamplingStandardError(r) is double se ? WithErrorBars(point, [2 * se]) : point;
+                : comparison.ShowsSamplingError ? WithErrorBars(point, [2 * comparison.SamplingStandardError(r)!.Value]) : point;
         }).ToList();
         var chart = Style(Chart.Combine(points), Titled(comparison), "trainable parameters (log scale)", comparison.Metric);
         return chart.WithXAxisStyle<double, double, string>(AxisType: StyleParam.AxisType.Log);
@@ -238,7 +238,7 @@ public static class PeftCharts
     static string Mean(ComparisonRow r) => r.Seeds > 1 ? $"{r.Score:0.###} ± {r.StandardDeviation:0.###}" : $"{r.Score:0.###}";
 
     static string Titled(MethodComparison comparison) =>
-        $"{comparison.Title} ({(comparison.Seeds > 1 ? "mean ± std, " : comparison.Seeds == 1 && comparison.IsAccuracy && comparison.EvaluationExamples is not null ? "± 2 SE of the evaluation sample, " : "")}{comparison.Basis})";
+        $"{comparison.Title} ({(comparison.Seeds > 1 ? "mean ± std, " : comparison.ShowsSamplingError ? "± 2 SE of the evaluation sample, " : "")}{comparison.Basis})";
 
     /// <summary>Symmetric error bars of the given lengths on the chart's trace(s).</summary>
     static GenericChart WithErrorBars(GenericChart chart, IEnumerable<double> lengths) =>

@@ -131,6 +131,10 @@ public sealed class MethodComparison(string title, string metric = "accuracy", b
         return Math.Sqrt(row.Score * (1 - row.Score) / n);
     }
 
+    /// <summary>Whether the error bars are the evaluation sample's (±2 <see cref="SamplingStandardError"/>): one seed per
+    /// row, an accuracy, and a known evaluation set. The table, the charts and their titles all ask this one question.</summary>
+    public bool ShowsSamplingError => Seeds == 1 && _rows.Count > 0 && _rows.All(r => SamplingStandardError(r) is not null);
+
     /// <summary>"n seeds, m evaluation examples" (or what of it is known), for titles and captions.</summary>
     public string Basis => (Seeds == 1 ? "1 seed" : $"{Seeds} seeds") +
         (EvaluationExamples is int n ? $", {n:N0} evaluation examples" : "");

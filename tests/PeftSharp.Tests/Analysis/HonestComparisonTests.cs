@@ -125,6 +125,9 @@ public sealed class HonestComparisonTests
         Assert.Null(new MethodComparison("t", "perplexity", higherIsBetter: false, evaluationExamples: 450)
             .Add(new ComparisonRow("LoRA", 10, 100, 31.5, TimeSpan.Zero, 0)).SamplingStandardError(new ComparisonRow("LoRA", 10, 100, 31.5, TimeSpan.Zero, 0)));
         Assert.Null(new MethodComparison("t").Add(new ComparisonRow("LoRA", 10, 100, 0.8, TimeSpan.Zero, 0)).SamplingStandardError(comparison["LoRA"]));
+        Assert.True(comparison.ShowsSamplingError);
+        Assert.False(new MethodComparison("t").Add(new ComparisonRow("LoRA", 10, 100, 0.8, TimeSpan.Zero, 0)).ShowsSamplingError);   // n unknown
+        Assert.False(new MethodComparison("t", evaluationExamples: 450).Add(new ComparisonRow("LoRA", 10, 100, [0.8, 0.82], TimeSpan.Zero, 0)).ShowsSamplingError);   // seeds give the bars
     }
 
     [Fact]
