@@ -121,7 +121,8 @@ public class LoraLinearAdapter : WeightDeltaAdapter
         {
             // No graph to build: the same arithmetic, straight.
             var y = functional.linear(x, linear.weight, linear.bias);                                   // (..., out)
-            y.view(-1, y.shape[^1]).addmm_(x.reshape(-1, x.shape[^1]).mm(lora_A.weight!.t()), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+            // (A xᵀ)ᵀ rather than x Aᵀ: the faster shape for libtorch's CPU product (LoraLinearFunction, Skinny).
+            y.view(-1, y.shape[^1]).addmm_(lora_A.weight!.mm(x.reshape(-1, x.shape[^1]).t()).t(), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
             return y;
         }
         return LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling);
