@@ -32,6 +32,7 @@ public static class Formatters
         Formatter.Register<SingularSpectrum>((spectrum, writer) => writer.Write(HtmlViews.Spectrum(spectrum)), html);
         Formatter.Register<RankAllocation>((allocation, writer) => writer.Write(HtmlViews.RankAllocation(allocation)), html);
         Formatter.Register<RoutingWeights>((routing, writer) => writer.Write(HtmlViews.Routing(routing)), html);
+        Formatter.Register<ExpertLoad>((load, writer) => writer.Write(HtmlViews.ExpertLoad(load)), html);
         Formatter.Register<MethodComparison>((comparison, writer) => writer.Write(HtmlViews.Comparison(comparison)), html);
         Formatter.Register<LossCurves>((curves, writer) => writer.Write(HtmlViews.LossCurves(curves)), html);
         Formatter.Register<LabelledHeatmap>((map, writer) => writer.Write(HtmlViews.Heatmap(map)), html);

@@ -104,9 +104,16 @@ public static class HtmlViews
         "<div class=\"peftsharp-ranks\">" + Line(allocation.ToString()) + ChartHtml.Fragment(PeftCharts.RankAllocation(allocation)) +
         (allocation.ChangesOverTime ? ChartHtml.Fragment(PeftCharts.FinalRanks(allocation)) : "") + "</div>";
 
-    /// <summary>Routing weights: one heatmap per layer, with each expert's load.</summary>
+    /// <summary>Expert load: grouped bars per layer with the even split marked.</summary>
+    public static string ExpertLoad(ExpertLoad load) =>
+        "<div class=\"peftsharp-expert-load\">" + Line(load.ToString()) + ChartHtml.Fragment(PeftCharts.ExpertLoad(load)) + "</div>";
+
+    /// <summary>Routing weights: each expert's load over the rows shown (bars, every layer), then one heatmap per layer with
+    /// the loads in numbers.</summary>
     public static string Routing(RoutingWeights routing) =>
-        "<div class=\"peftsharp-routing\">" + Line(routing.ToString()) + string.Join("\n", routing.Layers.Select(l =>
+        "<div class=\"peftsharp-routing\">" + Line(routing.ToString()) +
+        ChartHtml.Fragment(PeftCharts.ExpertLoad(Analysis.ExpertLoad.Of($"expert load over the {routing.RowKind}s shown", [routing]))) +
+        string.Join("\n", routing.Layers.Select(l =>
             Line($"{l.Layer}: expert load " + string.Join(", ", l.Experts.Select((x, j) => $"{x} {l.ExpertLoad[j]:0.000}"))) +
             ChartHtml.Fragment(PeftCharts.Routing(l, routing.RowKind)))) + "</div>";
 

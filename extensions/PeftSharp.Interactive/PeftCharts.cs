@@ -80,6 +80,22 @@ public static class PeftCharts
             ReverseYAxis: true), title ?? $"routing at {layer.Layer}", columnKind, rowKind);
     }
 
+    /// <summary>Grouped bars of each layer's expert load (mean routing weight), one bar per expert and a dotted line at each
+    /// layer's even split 1 / E_l; layers with fewer experts simply have fewer bars.</summary>
+    public static GenericChart ExpertLoad(ExpertLoad load)
+    {
+        ArgumentNullException.ThrowIfNull(load);
+        int most = load.Experts.Max(e => e.Count);
+        var traces = Enumerable.Range(0, most).Select(e =>
+        {
+            var layers = Enumerable.Range(0, load.Layers.Count).Where(l => load.Experts[l].Count > e).ToList();
+            return Chart.Column<double, string, string>(layers.Select(l => load.Loads[l][e]), Keys: layers.Select(l => load.Layers[l]).ToArray(), Name: $"expert {e}");
+        }).ToList();
+        traces.Add(Chart.Point<string, double, string>(load.Layers, load.Experts.Select(e => 1.0 / e.Count), Name: "even split 1 / E",
+            MarkerColor: Color.fromString("black"), MarkerSymbol: StyleParam.MarkerSymbol.LineEW));
+        return Style(Chart.Combine(traces), load.Title, "layer", "load (mean routing weight)");
+    }
+
     /// <summary>Training loss per step, with the evaluations' metrics as markers.</summary>
     public static GenericChart Loss(TrainingLog log)
     {

@@ -127,7 +127,25 @@ public sealed class FormatterAndChartTests
         Assert.Contains("\"type\":\"heatmap\"", GenericChart.toFigureJson(charts[1]));
         var html = Html(routing);
         Assert.Contains("e0 0.750", html);
-        Assert.Equal(2, html.Split("class=\"" + ChartHtml.ChartClass + "\"").Length - 1);
+        Assert.Equal(3, html.Split("class=\"" + ChartHtml.ChartClass + "\"").Length - 1);   // the loads, then a heatmap per layer
+    }
+
+    [Fact]
+    public void Expert_load_is_one_bar_per_expert_of_each_layer_with_the_even_split_marked()
+    {
+        // Layer "a" has 3 experts, "b" one: 3 bar traces (expert 2 only at "a"), and the 1 / E markers.
+        var load = ExpertLoad.Of("load", [new RoutingWeights(
+        [
+            new RoutingLayer("a", ["t0", "t1"], ["e0", "e1", "e2"], [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]),
+            new RoutingLayer("b", ["t0", "t1"], ["e0"], [[1.0], [1.0]]),
+        ])]);
+        var figure = GenericChart.toFigureJson(PeftCharts.ExpertLoad(load));
+        Assert.Equal(3, figure.Split("\"name\":\"expert ").Length - 1);
+        Assert.Contains("\"type\":\"bar\"", figure);
+        Assert.Contains("even split 1 / E", figure);
+        var html = Html(load);
+        Assert.Contains("largest load / even split 2.25, 1.00", html);   // a: 0.75 x 3
+        Assert.Contains(ChartHtml.ChartClass, html);
     }
 
     [Fact]

@@ -92,4 +92,37 @@ public sealed class AnalysisTests
         var error = Assert.Throws<InvalidOperationException>(() => RoutingWeights.Collect(peft));
         Assert.Contains("lora", error.Message);
     }
+
+    static RoutingWeights TwoLayers(double first) => new(
+    [
+        new RoutingLayer("layers.0.down_proj", ["0", "1"], ["e0", "e1", "e2"], [[first, 1 - first, 0], [0, 0, 1]]),
+        new RoutingLayer("layers.1.down_proj", ["0", "1"], ["e0"], [[1.0], [1.0]]),
+    ]);
+
+    [Fact]
+    public void Routing_rows_can_be_named_after_the_tokens_and_layers_picked_by_path()
+    {
+        var named = TwoLayers(0.5).WithRowLabels(["0 The", "1 jury"]);
+        Assert.All(named.Layers, l => Assert.Equal(["0 The", "1 jury"], l.Rows));
+        Assert.Equal(TwoLayers(0.5).Layers.Select(l => l.Weights), named.Layers.Select(l => l.Weights));
+        var error = Assert.Throws<ArgumentException>(() => TwoLayers(0.5).WithRowLabels(["The"]));
+        Assert.Contains("1 row labels, but the routing at 'layers.0.down_proj' has 2 rows", error.Message);
+
+        Assert.Equal(["layers.1.down_proj"], TwoLayers(0.5).Where(p => p.StartsWith("layers.1")).Layers.Select(l => l.Layer));
+        Assert.Contains("layers.0.down_proj, layers.1.down_proj", Assert.Throws<ArgumentException>(() => TwoLayers(0.5).Where(p => p.Contains("q_proj"))).Message);
+    }
+
+    [Fact]
+    public void Expert_load_averages_the_routing_weights_over_every_row_of_every_pass()
+    {
+        // Rows of layer 0 over both passes: [1, 0, 0], [0, 0, 1], [0.5, 0.5, 0], [0, 0, 1] -> loads 0.375, 0.125, 0.5.
+        var load = ExpertLoad.Of("load", [TwoLayers(1.0), TwoLayers(0.5)]);
+        Assert.Equal(["layers.0.down_proj", "layers.1.down_proj"], load.Layers);
+        Assert.Equal([0.375, 0.125, 0.5], load.Loads[0]);
+        Assert.Equal([1.0], load.Loads[1]);
+        Assert.Equal([4, 4], load.Rows);
+        Assert.Equal([1.5, 1.0], load.Imbalance);                     // 0.5 against an even 1/3; one expert is always even
+        var other = new RoutingWeights([TwoLayers(1).Layers[0]]);
+        Assert.Contains("must run the same adapters", Assert.Throws<ArgumentException>(() => ExpertLoad.Of("load", [TwoLayers(1), other])).Message);
+    }
 }

@@ -71,6 +71,92 @@ public sealed record RoutingWeights(IReadOnlyList<RoutingLayer> Layers, string R
             throw new InvalidOperationException("The routing adapters have not recorded a forward pass yet: run the model on some input first.");
         return new RoutingWeights(layers, rowKind ?? string.Join(" / ", reporting.Select(r => r.RowKind).Distinct()));
     }
+
+    /// <summary>
+    /// The same routing with every layer's rows named by <paramref name="rowLabels"/> (row i gets label i), e.g. the
+    /// tokens of the one sequence that ran, where the adapters could only number them. Labels should be distinct (a
+    /// chart merges rows of equal label): prefix the position ("3 the"). Every layer must have exactly that many rows.
+    /// </summary>
+    public RoutingWeights WithRowLabels(IReadOnlyList<string> rowLabels)
+    {
+        ArgumentNullException.ThrowIfNull(rowLabels);
+        if (Layers.FirstOrDefault(l => l.Rows.Count != rowLabels.Count) is { } other)
+            throw new ArgumentException($"{rowLabels.Count} row labels, but the routing at '{other.Layer}' has {other.Rows.Count} rows: give one label per row " +
+                                        "(run a batch of exactly the rows you label; adapters report at most their first rows, e.g. MolaAdapter.MaxRoutingRows).", nameof(rowLabels));
+        return this with { Layers = Layers.Select(l => new RoutingLayer(l.Layer, rowLabels, l.Experts, l.Weights)).ToList() };
+    }
+
+    /// <summary>Only the layers whose path satisfies <paramref name="keep"/> (e.g. one projection per block), in order;
+    /// throws, listing the layers, when none does.</summary>
+    public RoutingWeights Where(Func<string, bool> keep)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        var kept = Layers.Where(l => keep(l.Layer)).ToList();
+        return kept.Count > 0 ? this with { Layers = kept }
+            : throw new ArgumentException($"No routing layer is kept; the layers are {string.Join(", ", Layers.Select(l => l.Layer))}.", nameof(keep));
+    }
+}
+
+/// <summary>
+/// How much each expert of each routed layer is used, over every row of one or more forward passes: load_{l,e} = the
+/// mean over rows of the routing weight row → expert e at layer l (rows of a softmax or renormalised top-k router sum to
+/// one, so a layer's loads sum to one and an even split is 1 / E_l). Layers may have different numbers of experts
+/// (MoLA's allocations).
+/// </summary>
+public sealed record ExpertLoad
+{
+    public ExpertLoad(string title, IReadOnlyList<string> layers, IReadOnlyList<IReadOnlyList<string>> experts, IReadOnlyList<IReadOnlyList<double>> loads, IReadOnlyList<int> rows)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(title);
+        if (layers.Count == 0) throw new ArgumentException("Expert load needs at least one layer.", nameof(layers));
+        if (experts.Count != layers.Count || loads.Count != layers.Count || rows.Count != layers.Count)
+            throw new ArgumentException($"Expert load '{title}': {layers.Count} layers but {experts.Count} expert lists, {loads.Count} load rows and {rows.Count} row counts.", nameof(loads));
+        for (int i = 0; i < layers.Count; i++)
+            if (loads[i].Count != experts[i].Count)
+                throw new ArgumentException($"Expert load '{title}': layer '{layers[i]}' has {loads[i].Count} loads for {experts[i].Count} experts.", nameof(loads));
+        (Title, Layers, Experts, Loads, Rows) = (title, layers, experts, loads, rows);
+    }
+
+    public string Title { get; }
+
+    /// <summary>The routed layers' paths, in the order they ran.</summary>
+    public IReadOnlyList<string> Layers { get; }
+
+    /// <summary>Experts[layer]: the expert labels of each layer.</summary>
+    public IReadOnlyList<IReadOnlyList<string>> Experts { get; }
+
+    /// <summary>Loads[layer][expert]: the mean routing weight.</summary>
+    public IReadOnlyList<IReadOnlyList<double>> Loads { get; }
+
+    /// <summary>How many rows (tokens) each layer's loads average over.</summary>
+    public IReadOnlyList<int> Rows { get; }
+
+    /// <summary>Per layer, the largest load over the even split 1 / E_l (1 = perfectly even, E_l = one expert takes all).</summary>
+    public IReadOnlyList<double> Imbalance => Loads.Select(l => l.Max() * l.Count).ToArray();
+
+    /// <summary>
+    /// The loads over every row of <paramref name="passes"/> (e.g. one <see cref="ForwardContext.RoutingWeights"/> per
+    /// validation batch), layer by layer: each pass must hold the same layers with the same experts.
+    /// </summary>
+    public static ExpertLoad Of(string title, IEnumerable<RoutingWeights> passes)
+    {
+        ArgumentNullException.ThrowIfNull(passes);
+        var list = passes.ToList();
+        if (list.Count == 0) throw new ArgumentException("Give at least one forward pass's routing.", nameof(passes));
+        var first = list[0].Layers;
+        foreach (var (pass, i) in list.Select((p, i) => (p, i)))
+            if (pass.Layers.Count != first.Count || pass.Layers.Zip(first).Any(z => z.First.Layer != z.Second.Layer || !z.First.Experts.SequenceEqual(z.Second.Experts)))
+                throw new ArgumentException($"Pass {i} routed through layers [{string.Join(", ", pass.Layers.Select(l => $"{l.Layer} ({l.Experts.Count})"))}] " +
+                                            $"but pass 0 through [{string.Join(", ", first.Select(l => $"{l.Layer} ({l.Experts.Count})"))}]: the passes must run the same adapters.", nameof(passes));
+        var rows = first.Select((_, j) => list.Sum(p => p.Layers[j].Rows.Count)).ToArray();
+        var loads = first.Select((layer, j) => (IReadOnlyList<double>)Enumerable.Range(0, layer.Experts.Count)
+            .Select(e => rows[j] == 0 ? 0 : list.Sum(p => p.Layers[j].Weights.Sum(r => r[e])) / rows[j]).ToArray()).ToList();
+        return new ExpertLoad(title, first.Select(l => l.Layer).ToList(), first.Select(l => l.Experts).ToList(), loads, rows);
+    }
+
+    public override string ToString() =>
+        $"{Title}: {Layers.Count} layer(s), {Rows.Min():N0}{(Rows.Max() != Rows.Min() ? $"-{Rows.Max():N0}" : "")} rows each; largest load / even split " +
+        string.Join(", ", Imbalance.Select(v => v.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)));
 }
 
 /// <summary>Implemented by an adapter module that routes between experts: it keeps the routing of its last forward pass.</summary>

@@ -96,6 +96,20 @@ public static class Datasets
         return frame.Filter(((StringDataFrameColumn)frame["Genre"]).ElementwiseEquals(genre));
     }
 
+    /// <summary>The paragraphs of <see cref="BrownText(Split)"/> from several genres at once (a genre mixture), in corpus
+    /// order, e.g. for training one adapter on all of them.</summary>
+    public static DataFrame BrownText(Split split, IEnumerable<string> genres)
+    {
+        ArgumentNullException.ThrowIfNull(genres);
+        var wanted = genres.ToHashSet();
+        if (wanted.Count == 0) throw new ArgumentException("Give at least one Brown genre.", nameof(genres));
+        if (wanted.FirstOrDefault(g => !BrownGenreLabels.Names.Contains(g)) is { } unknown)
+            throw new ArgumentException($"'{unknown}' is not a Brown genre; the genres are {string.Join(", ", BrownGenreLabels.Names)}.", nameof(genres));
+        var frame = BrownText(split);
+        var genre = (StringDataFrameColumn)frame["Genre"];
+        return frame.Filter(new PrimitiveDataFrameColumn<bool>("keep", Enumerable.Range(0, (int)frame.Rows.Count).Select(i => wanted.Contains(genre[i]))));
+    }
+
     /// <summary>
     /// Brown corpus passages labelled with their document's genre, for text classification: consecutive sentences of a
     /// document grouped into passages of at least 60 tokens (chosen when the dataset was built). Columns:

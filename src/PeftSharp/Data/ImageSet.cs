@@ -14,7 +14,9 @@ public sealed class ImageSet : BatchSource<ImageTensors>
     readonly byte[] _pixels;
     readonly long[] _labels;
 
-    ImageSet(byte[] pixels, long[] labels) => (_pixels, _labels) = (pixels, labels);
+    readonly int[] _striped;
+
+    ImageSet(byte[] pixels, long[] labels, int[]? striped = null) => (_pixels, _labels, _striped) = (pixels, labels, striped ?? []);
 
     public override int Count => _labels.Length;
 
@@ -43,6 +45,44 @@ public sealed class ImageSet : BatchSource<ImageTensors>
             }
         }
         return new ImageSet(pixels, labels);
+    }
+
+    /// <summary>The rows <see cref="WithStripes"/> corrupted, in increasing order (empty for a set read from data).</summary>
+    public IReadOnlyList<int> StripedRows => _striped;
+
+    /// <summary>
+    /// A copy of the set in which a share <paramref name="fraction"/> of the images (chosen by <paramref name="seed"/>)
+    /// carries a synthetic high-frequency corruption: bright stripes one pixel wide every <paramref name="period"/> pixels
+    /// (pixel += <paramref name="amplitude"/> · 255 on the stripe lines, capped at 255), horizontal or vertical and at a
+    /// phase drawn per image, like the scan-line and sensor-stripe artefacts of remote-sensing images. With 7-pixel patches
+    /// and an even period, the stripes' phase flips from one patch row (or column) to the next, so after a ViT's patch
+    /// embedding the corruption is a constant plus the highest frequency of the patch grid. Labels stay; the rows
+    /// corrupted are in <see cref="StripedRows"/>.
+    /// </summary>
+    public ImageSet WithStripes(double fraction = 1, int period = 2, double amplitude = 0.5, ulong seed = 0)
+    {
+        if (!(fraction is >= 0 and <= 1))
+            throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "fraction is the share of images striped, between 0 and 1.");
+        if (period is < 2 or > Side)
+            throw new ArgumentOutOfRangeException(nameof(period), period, $"period is the distance between stripes in pixels, from 2 (every other line) to {Side}.");
+        if (!(amplitude is > 0 and <= 1))
+            throw new ArgumentOutOfRangeException(nameof(amplitude), amplitude, "amplitude is the stripes' brightness as a share of white, above 0 and at most 1.");
+        var random = new SeededRandom(seed);
+        var order = SeededRandom.Permutation(Count, seed);
+        var striped = order.Take((int)Math.Round(fraction * Count)).Order().ToArray();
+        var pixels = (byte[])_pixels.Clone();
+        int add = (int)Math.Round(amplitude * 255);
+        foreach (int row in striped)
+        {
+            bool horizontal = random.NextInt(2) == 0;
+            int phase = random.NextInt(period);
+            var image = pixels.AsSpan(row * Pixels, Pixels);
+            for (int y = 0; y < Side; y++)
+                for (int x = 0; x < Side; x++)
+                    if (((horizontal ? y : x) + period - phase) % period == 0)
+                        image[y * Side + x] = (byte)Math.Min(255, image[y * Side + x] + add);
+        }
+        return new ImageSet(pixels, (long[])_labels.Clone(), striped);
     }
 
     protected internal override ImageTensors MakeTensors(IReadOnlyList<int> rows, Device? device)

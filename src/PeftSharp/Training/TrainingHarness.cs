@@ -77,10 +77,13 @@ public sealed class TrainingHarness<TModel, TBatch>(
 
     /// <summary>
     /// One run: <c>torch.manual_seed(seed)</c>, <paramref name="createModel"/> (load the model, attach the adapter, set
-    /// what trains), train with <paramref name="options"/>, score. <paramref name="afterTraining"/> sees the trained model
-    /// before it is disposed (for spectra, say). The model is disposed unless <see cref="DisposeModels"/> is false.
+    /// what trains), train with <paramref name="options"/>, score. <paramref name="beforeTraining"/> sees the fresh model
+    /// and the run's <see cref="Trainer"/> before the first step (add a loss term such as MoLA's load balancing, a gradient
+    /// mask or a hook there); <paramref name="afterTraining"/> sees the trained model before it is disposed (for spectra,
+    /// say). The model is disposed unless <see cref="DisposeModels"/> is false.
     /// </summary>
-    public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null)
+    public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null,
+                         Action<TModel, Trainer>? beforeTraining = null)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         ArgumentNullException.ThrowIfNull(createModel);
@@ -92,6 +95,7 @@ public sealed class TrainingHarness<TModel, TBatch>(
         {
             var trainer = new Trainer();
             if (Progress is { } listeners) trainer.Progress += p => listeners(name, p);
+            beforeTraining?.Invoke(model, trainer);
             Func<IReadOnlyDictionary<string, double>> evaluate = () => new Dictionary<string, double> { [Metric] = score(model) };
             var log = PeftOf?.Invoke(model) is { } peft
                 ? trainer.Fit(peft, epoch => batches(seed, epoch), batch => loss(model, batch), options, evaluate, name)
@@ -110,13 +114,14 @@ public sealed class TrainingHarness<TModel, TBatch>(
 
     /// <summary>The same regime once per seed, in the order given; the list <see cref="Analysis.MethodComparison.Add(IReadOnlyList{RunResult})"/>
     /// takes as one row.</summary>
-    public IReadOnlyList<RunResult> RunSeeds(string name, IEnumerable<int> seeds, Func<TModel> createModel, TrainerOptions options, Action<TModel, int>? afterTraining = null)
+    public IReadOnlyList<RunResult> RunSeeds(string name, IEnumerable<int> seeds, Func<TModel> createModel, TrainerOptions options, Action<TModel, int>? afterTraining = null,
+                                             Action<TModel, Trainer>? beforeTraining = null)
     {
         ArgumentNullException.ThrowIfNull(seeds);
         var list = seeds.ToList();
         if (list.Count == 0) throw new ArgumentException("Give at least one seed.", nameof(seeds));
         if (list.Distinct().Count() != list.Count) throw new ArgumentException($"Seeds repeat in [{string.Join(", ", list)}]: each seed runs once.", nameof(seeds));
-        return list.Select(seed => Run(name, seed, createModel, options, afterTraining is null ? null : m => afterTraining(m, seed))).ToList();
+        return list.Select(seed => Run(name, seed, createModel, options, afterTraining is null ? null : m => afterTraining(m, seed), beforeTraining)).ToList();
     }
 
     double Score(TModel model)

@@ -2,6 +2,7 @@ using PeftSharp.Adapters;
 using PeftSharp.Analysis;
 using PeftSharp.Data;
 using PeftSharp.Methods.LowRank;
+using PeftSharp.Methods.Routing;
 using PeftSharp.Models;
 using PeftSharp.Training;
 using static TorchSharp.torch;
@@ -240,5 +241,33 @@ public sealed class HonestComparisonTests
         Assert.NotNull(measured.PeakMemoryBytes);
         Assert.NotNull(ComparisonRow.FromRuns([measured]).PeakMemoryBytes);
         Assert.Throws<ArgumentException>(() => harness.RunSeeds("x", [1, 1], Create, options));
+    }
+
+    [Fact]
+    public void The_harness_hands_each_run_its_trainer_so_a_loss_term_such_as_molas_load_balancing_trains_with_it()
+    {
+        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
+        var harness = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
+            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
+            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
+            m => 0.5, evaluationExamples: 1);
+        PeftModel? peft = null;
+        Mlp Create()
+        {
+            var mlp = new Mlp(16, 32, 4);
+            peft = PeftModel.Create(mlp, new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 });
+            return mlp;
+        }
+        var options = new TrainerOptions { MaxSteps = 6, Epochs = 1, LearningRate = 1e-2 };
+        var seen = new List<Mlp>();
+        var runs = harness.RunSeeds("MoLA", [1, 2], Create, options, beforeTraining: (model, trainer) =>
+        {
+            seen.Add(model);
+            trainer.AddLossTerm("load balance", () => 0.01 * Mola.LoadBalancingLoss(peft!));
+        });
+        Assert.Equal(2, seen.Count);
+        Assert.All(runs, r => Assert.All(r.Log.Steps, s => Assert.InRange(s.Reported["load balance"], 0.01 * 2 - 1e-6, 0.01 * 3 + 1e-6)));
+        // Without the hook nothing is reported: the term came from it, and the logged loss stays the task loss.
+        Assert.All(harness.Run("MoLA", 1, Create, options).Log.Steps, s => Assert.False(s.Reported.ContainsKey("load balance")));
     }
 }

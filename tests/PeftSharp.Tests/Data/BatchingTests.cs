@@ -136,6 +136,42 @@ public sealed class BatchingTests
     }
 
     [Fact]
+    public void Stripes_brighten_every_period_th_line_of_the_chosen_share_of_images_and_leave_the_rest_alone()
+    {
+        var clean = ImageSet.FromDataFrame(Datasets.Mnist(Split.Validation));
+        var striped = clean.WithStripes(fraction: 0.5, period: 3, amplitude: 0.4, seed: 5);
+        Assert.Equal(clean.Count / 2, striped.StripedRows.Count);
+        Assert.Equal(striped.StripedRows, clean.WithStripes(fraction: 0.5, period: 3, amplitude: 0.4, seed: 5).StripedRows);   // the seed decides
+        Assert.NotEqual(striped.StripedRows, clean.WithStripes(fraction: 0.5, period: 3, amplitude: 0.4, seed: 6).StripedRows);
+        int add = (int)Math.Round(0.4 * 255), horizontal = 0;
+        for (int row = 0; row < clean.Count; row++)
+        {
+            Assert.Equal(clean.Label(row), striped.Label(row));
+            byte[] before = clean.Image(row).ToArray(), after = striped.Image(row).ToArray();
+            if (!striped.StripedRows.Contains(row))
+            {
+                Assert.Equal(before, after);
+                continue;
+            }
+            // Exactly one orientation and phase explains the change: +add (capped at 255) on its lines, nothing elsewhere.
+            var fits = (from h in new[] { true, false } from phase in Enumerable.Range(0, 3)
+                        where Enumerable.Range(0, ImageSet.Pixels).All(p =>
+                        {
+                            int line = h ? p / ImageSet.Side : p % ImageSet.Side;
+                            return after[p] == (line % 3 == phase ? Math.Min(255, before[p] + add) : before[p]);
+                        })
+                        select h).ToList();
+            Assert.Single(fits);
+            horizontal += fits[0] ? 1 : 0;
+        }
+        Assert.InRange(horizontal, 1, striped.StripedRows.Count - 1);   // both orientations occur
+        Assert.Empty(clean.StripedRows);
+        Assert.Equal(clean.Count, clean.WithStripes().StripedRows.Count);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => clean.WithStripes(period: 1));
+        Assert.Contains("from 2 (every other line)", e.Message);
+    }
+
+    [Fact]
     public void Multitask_batches_carry_task_ids_inputs_targets_and_labels()
     {
         var set = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Validation));

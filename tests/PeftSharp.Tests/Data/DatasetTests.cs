@@ -120,6 +120,19 @@ public sealed class DatasetTests
     }
 
     [Fact]
+    public void Brown_text_of_a_genre_mixture_holds_exactly_the_paragraphs_of_those_genres_in_corpus_order()
+    {
+        string[] mixture = ["news", "romance", "learned"];
+        var all = Datasets.BrownText(Split.Validation);
+        var expected = Strings(all, "Text").Where((_, i) => mixture.Contains(Strings(all, "Genre")[i])).ToList();
+        var mixed = Datasets.BrownText(Split.Validation, mixture);
+        Assert.Equal(expected, Strings(mixed, "Text"));
+        Assert.Equal(mixture.Order(), Strings(mixed, "Genre").Distinct().Order());
+        var e = Assert.Throws<ArgumentException>(() => Datasets.BrownText(Split.Train, ["news", "romantic"]));
+        Assert.Contains("'romantic' is not a Brown genre", e.Message);
+    }
+
+    [Fact]
     public void Mnist_has_500_images_of_each_digit_split_400_50_50()
     {
         AssertSizes(Datasets.Mnist, 4000, 500, 500);
