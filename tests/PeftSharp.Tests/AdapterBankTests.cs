@@ -173,3 +173,38 @@ public sealed class AdapterBankTests
         Assert.Contains("outside the 2 tasks", Assert.Throws<ArgumentException>(() => SelfRefinedRetrieval.Predict(first, taskFeatures, Prototypes, [0, 0, 1, 2])).Message);
     }
 }
+
+/// <summary>A bank offered checkpoints for a whole training run, an EMA updated every step and retrieval at every test
+/// batch must not grow the process: repeated cycles leave no live tensors.</summary>
+public sealed class AdapterBankLeakTests
+{
+    [Fact]
+    public void Offering_assembling_averaging_and_retrieving_repeatedly_leave_no_live_tensors()
+    {
+        manual_seed(12);
+        var peft = PeftModel.Create(new Mlp(), new LoraConfig { TargetModules = ["lin0", "lin1"], R = 4, LoraAlpha = 8, InitLoraWeights = LoraInit.Random }, "news");
+        using var bank = new AdapterBank();
+        using var ema = new AdapterEma(peft, "news", decay: 0.9);
+        using var prototypes = randn(4, 8);
+        using var features = randn(6, 2, 8);
+        using var labels = tensor(new long[] { 0, 1, 2, 3, 0, 1 });
+        int step = 0;
+        void Cycle()
+        {
+            step++;
+            bank.Offer("news", peft, "news", step, score: step % 3);   // kept on every third step, refused between
+            bank.Assemble(peft);
+            ema.Update();
+            ema.CopyInto();
+            foreach (var t in ema.Capture().Values) t.Dispose();
+            using var first = SelfRefinedRetrieval.TasksOf(labels, [0, 0, 1, 1]);
+            using var result = SelfRefinedRetrieval.Predict(first, features, prototypes, [0, 0, 1, 1]);
+            using var firstAdapter = features.select(1, 0);
+            using var means = SelfRefinedRetrieval.Prototypes(firstAdapter, labels, 4);
+        }
+        Cycle();
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < 20; i++) Cycle();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+}

@@ -35,6 +35,7 @@ public sealed class AdapterEma : IDisposable
         _adapter = adapterName;
         Decay = decay;
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         _average = live.ToDictionary(p => p.Key, p => (start?[p.Key] ?? p.Value).detach().to(p.Value.device).to(p.Value.dtype).clone().DetachFromDisposeScope());
     }
 
@@ -48,6 +49,7 @@ public sealed class AdapterEma : IDisposable
     public void Update()
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();   // the detached views
         foreach (var (key, p) in AdapterState.Live(_peft, _adapter))
             _average[key].mul_(Decay).add_(p.detach(), alpha: 1 - Decay);
         Updates++;
@@ -57,6 +59,7 @@ public sealed class AdapterEma : IDisposable
     public Dictionary<string, Tensor> Capture()
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         return _average.ToDictionary(p => p.Key, p => p.Value.to(CPU).clone().DetachFromDisposeScope());
     }
 

@@ -37,6 +37,7 @@ public static class AdapterState
     public static Dictionary<string, Tensor> Capture(PeftModel peft, string adapterName)
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();   // the detached views and device copies on the way are freed here
         return Live(peft, adapterName).ToDictionary(p => p.Key, p => p.Value.detach().to(CPU).clone().DetachFromDisposeScope());
     }
 
@@ -49,6 +50,7 @@ public static class AdapterState
         var live = Live(peft, adapterName);
         Check(live, state, $"adapter '{adapterName}'");
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         foreach (var (key, p) in live) p.copy_(state[key]);
     }
 

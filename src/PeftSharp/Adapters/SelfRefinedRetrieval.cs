@@ -41,7 +41,8 @@ public static class SelfRefinedRetrieval
         ArgumentNullException.ThrowIfNull(labels);
         if (features.dim() != 2 || labels.dim() != 1 || labels.shape[0] != features.shape[0])
             throw new ArgumentException($"Prototypes need features (N, D) and labels (N); got [{string.Join(", ", features.shape)}] and [{string.Join(", ", labels.shape)}].", nameof(labels));
-        var labelValues = labels.to(ScalarType.Int64).cpu().data<long>().ToArray();
+        long[] labelValues;
+        using (NewDisposeScope()) labelValues = labels.to(ScalarType.Int64).cpu().data<long>().ToArray();
         if (labelValues.Any(l => l < 0 || l >= classes))
             throw new ArgumentException($"Label {labelValues.First(l => l < 0 || l >= classes)} is outside the {classes} classes.", nameof(labels));
         var empty = Enumerable.Range(0, classes).Where(c => !labelValues.Contains(c)).ToList();
@@ -68,8 +69,9 @@ public static class SelfRefinedRetrieval
     /// <summary>The task of each class in <paramref name="classes"/> (int64, any shape) by <paramref name="classTask"/>.</summary>
     public static Tensor TasksOf(Tensor classes, IReadOnlyList<int> classTask)
     {
-        using var table = tensor(classTask.Select(t => (long)t).ToArray(), device: classes.device);
-        return table.index_select(0, classes.flatten()).view(classes.shape);
+        using var scope = NewDisposeScope();
+        var table = tensor(classTask.Select(t => (long)t).ToArray(), device: classes.device);
+        return table.index_select(0, classes.flatten()).view(classes.shape).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -92,11 +94,9 @@ public static class SelfRefinedRetrieval
             throw new ArgumentException($"{prototypes.shape[0]} prototypes but {classTask.Count} class → task entries; give one task per class.", nameof(classTask));
         if (classTask.Where(t => t < 0 || t >= tasks).Select(t => (int?)t).FirstOrDefault() is int bad)
             throw new ArgumentException($"Class task {bad} is outside the {tasks} tasks whose features were given.", nameof(classTask));
-        using (var outside = firstTasks.lt(0).logical_or(firstTasks.ge(tasks)).any())
-            if (outside.item<bool>())
-                throw new ArgumentException($"A first task is outside [0, {tasks}).", nameof(firstTasks));
-
         using var scope = NewDisposeScope();
+        if (firstTasks.lt(0).logical_or(firstTasks.ge(tasks)).any().item<bool>())
+            throw new ArgumentException($"A first task is outside [0, {tasks}).", nameof(firstTasks));
         var current = firstTasks.to(ScalarType.Int64).clone();                                           // (N) the adapter looked with
         var predictions = zeros(n, dtype: ScalarType.Int64, device: taskFeatures.device);
         var iterations = zeros(n, dtype: ScalarType.Int64, device: taskFeatures.device);
