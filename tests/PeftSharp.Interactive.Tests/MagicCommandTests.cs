@@ -270,6 +270,7 @@ public sealed class MagicCommandTests
         ["adapter-fusion"] = "--model sources --targets lin0 --sources a,b",
         ["ia3"] = "--model mlp --targets lin0,lin1 --feedforward lin1",
         ["adalora"] = "--model mlp --targets lin0,lin1 --init-r 4 --target-r 2 --total-step 20",
+        ["increlora"] = "--model mlp --targets lin0,lin1 --init-r 1 --target-r 2 --delta-t 5",
         ["sorsa"] = "--model mlp --targets lin0 --rank 2 --gamma 0.001",
         ["svfit"] = "--model mlp --targets lin0,lin1 --energy 0.9",
         ["loldu"] = "--model mlp --targets lin0 --rank 3",
