@@ -67,9 +67,13 @@ public sealed class TrainingHarness<TModel, TBatch>(
     /// <summary>
     /// One run: <c>torch.manual_seed(seed)</c>, <paramref name="createModel"/> (load the model, attach the adapter, set
     /// what trains), train with <paramref name="options"/>, score. <paramref name="afterTraining"/> sees the trained model
-    /// before it is disposed (for spectra, say). The model is always disposed: a loop over many runs keeps no memory.
+    /// before it is disposed (for spectra, say). <paramref name="prepareTrainer"/> sees the run's <see cref="Trainer"/> and
+    /// the fresh model before the first step: the place for a method's loss term (SORSA's regulariser,
+    /// <c>SorsaRegularizer.AddTo</c>) or a per-step hook that reports a number to the log (<c>trainer.AfterStep</c>,
+    /// <see cref="TrainingStepContext.Report"/>). The model is always disposed: a loop over many runs keeps no memory.
     /// </summary>
-    public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null)
+    public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null,
+                         Action<Trainer, TModel>? prepareTrainer = null)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         ArgumentNullException.ThrowIfNull(createModel);
@@ -81,6 +85,7 @@ public sealed class TrainingHarness<TModel, TBatch>(
         {
             var trainer = new Trainer();
             if (Progress is { } listeners) trainer.Progress += p => listeners(name, p);
+            prepareTrainer?.Invoke(trainer, model);
             var log = trainer.Fit(model, epoch => batches(seed, epoch), batch => loss(model, batch), options,
                 evaluate: () => new Dictionary<string, double> { [Metric] = score(model) }, name: name);
             // The trainer evaluates after its last step; this holds when a later epoch ran out of batches early.
@@ -96,14 +101,16 @@ public sealed class TrainingHarness<TModel, TBatch>(
     }
 
     /// <summary>The same regime once per seed, in the order given; the list <see cref="Analysis.MethodComparison.Add(IReadOnlyList{RunResult})"/>
-    /// takes as one row.</summary>
-    public IReadOnlyList<RunResult> RunSeeds(string name, IEnumerable<int> seeds, Func<TModel> createModel, TrainerOptions options, Action<TModel, int>? afterTraining = null)
+    /// takes as one row. <paramref name="prepareTrainer"/> is <see cref="Run"/>'s, with the seed.</summary>
+    public IReadOnlyList<RunResult> RunSeeds(string name, IEnumerable<int> seeds, Func<TModel> createModel, TrainerOptions options, Action<TModel, int>? afterTraining = null,
+                                             Action<Trainer, TModel, int>? prepareTrainer = null)
     {
         ArgumentNullException.ThrowIfNull(seeds);
         var list = seeds.ToList();
         if (list.Count == 0) throw new ArgumentException("Give at least one seed.", nameof(seeds));
         if (list.Distinct().Count() != list.Count) throw new ArgumentException($"Seeds repeat in [{string.Join(", ", list)}]: each seed runs once.", nameof(seeds));
-        return list.Select(seed => Run(name, seed, createModel, options, afterTraining is null ? null : m => afterTraining(m, seed))).ToList();
+        return list.Select(seed => Run(name, seed, createModel, options, afterTraining is null ? null : m => afterTraining(m, seed),
+                                       prepareTrainer is null ? null : (t, m) => prepareTrainer(t, m, seed))).ToList();
     }
 
     double Score(TModel model)

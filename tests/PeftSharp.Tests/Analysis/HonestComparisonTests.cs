@@ -1,6 +1,7 @@
 using PeftSharp.Adapters;
 using PeftSharp.Analysis;
 using PeftSharp.Data;
+using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models;
 using PeftSharp.Training;
@@ -236,5 +237,44 @@ public sealed class HonestComparisonTests
         Assert.NotNull(measured.PeakMemoryBytes);
         Assert.NotNull(ComparisonRow.FromRuns([measured]).PeakMemoryBytes);
         Assert.Throws<ArgumentException>(() => harness.RunSeeds("x", [1, 1], Create, options));
+    }
+
+    [Fact]
+    public void The_harness_lets_a_run_add_sorsas_regulariser_and_report_a_number_every_step()
+    {
+        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
+        var harness = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
+            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
+            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
+            m => 0.5, evaluationExamples: 1);
+        PeftModel? peft = null;
+        Mlp Create()
+        {
+            var mlp = new Mlp(16, 32, 4);
+            peft = PeftModel.Create(mlp, new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 2, Gamma = 0.1 });
+            return mlp;
+        }
+        var options = new TrainerOptions { MaxSteps = 12, Epochs = 5, LearningRate = 1e-2 };
+        var seenSeeds = new List<int>();
+        var runs = harness.RunSeeds("SORSA", [3, 4], Create, options, prepareTrainer: (trainer, model, seed) =>
+        {
+            seenSeeds.Add(seed);
+            SorsaRegularizer.AddTo(trainer, peft!);
+            trainer.AfterStep += step => step.Report("deviation", SorsaRegularizer.Deviation(peft!));
+        });
+        var plain = harness.Run("SORSA without the hook", 3, Create, options);
+
+        Assert.Equal([3, 4], seenSeeds);
+        foreach (var run in runs)
+        {
+            Assert.Equal(12, run.Log.Series(SorsaRegularizer.TermName).Count);   // the loss term was added on every step
+            var deviation = run.Log.Series("deviation");
+            Assert.Equal(12, deviation.Count);
+            Assert.True(deviation[^1].Value > 0, "training moved U_p and V_p off orthonormal, and the report saw it");
+        }
+        Assert.Empty(plain.Log.Series(SorsaRegularizer.TermName));          // a run without the hook has no term
+        // Same seed, same batches: the first step's task loss is the same, later ones differ because the term changed the gradients.
+        Assert.Equal(runs[0].Log.Steps[0].Loss, plain.Log.Steps[0].Loss, 6);
+        Assert.NotEqual(runs[0].Log.Steps[^1].Loss, plain.Log.Steps[^1].Loss);
     }
 }
