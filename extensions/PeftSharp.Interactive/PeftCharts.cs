@@ -261,6 +261,14 @@ public static class PeftCharts
         Plotly.NET.Chart.withYErrorStyle<double, double>(Visible: true, Type: StyleParam.ErrorType.Data, Symmetric: true, Array: lengths.ToArray(),
             Arrayminus: null, Value: null, Valueminus: null, Traceref: null, Tracerefminus: null, Copy_ystyle: null, Color: null, Thickness: null, Width: null).Invoke(chart);
 
+    /// <summary>A chart a notebook built itself with Plotly.NET (<c>Plotly.NET.CSharp.Chart.Line</c>, <c>Column</c>, ...)
+    /// given the title, axis titles and height every chart here has (Plotly.NET's own title setter takes F# options).</summary>
+    public static GenericChart Labelled(GenericChart chart, string title, string xTitle, string yTitle)
+    {
+        ArgumentNullException.ThrowIfNull(chart);
+        return Style(chart, title, xTitle, yTitle);
+    }
+
     static GenericChart Style(GenericChart chart, string title, string xTitle, string yTitle)
     {
         chart = Plotly.NET.Chart.withTitle(title, FSharpOption<Font>.None).Invoke(chart);

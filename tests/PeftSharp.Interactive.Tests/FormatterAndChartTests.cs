@@ -82,6 +82,17 @@ public sealed class FormatterAndChartTests
     }
 
     [Fact]
+    public void A_chart_built_in_a_notebook_gets_its_title_and_axis_titles()
+    {
+        var line = Plotly.NET.CSharp.Chart.Line<int, double, string>([1, 2, 3], [0.5, 0.25, 0.125], Name: "deviation");
+        var figure = GenericChart.toFigureJson(PeftCharts.Labelled(line, "drift of U_p", "step", "‖UᵀU − I‖"));
+        Assert.Contains("drift of U_p", figure);
+        Assert.Contains("\"step\"", figure);
+        Assert.Contains("deviation", figure);
+        Assert.Contains(ChartHtml.ChartClass, ChartHtml.Fragment(PeftCharts.Labelled(line, "t", "x", "y")));
+    }
+
+    [Fact]
     public void Rank_allocation_is_bars_and_becomes_a_heatmap_when_ranks_change()
     {
         var allocation = RankAllocation.Of(NewPeft());

@@ -79,7 +79,8 @@ public sealed class TrainingHarness<TModel, TBatch>(
     /// One run: <c>torch.manual_seed(seed)</c>, <paramref name="createModel"/> (load the model, attach the adapter, set
     /// what trains), train with <paramref name="options"/>, score. <paramref name="beforeTraining"/> sees the fresh model
     /// and the run's <see cref="Trainer"/> before the first step (add a loss term such as MoLA's load balancing, a gradient
-    /// mask or a hook there); <paramref name="afterTraining"/> sees the trained model before it is disposed (for spectra,
+    /// mask, SORSA's regulariser with <c>SorsaRegularizer.AddTo</c>, or a per-step hook that reports a number to the log
+    /// with <c>trainer.AfterStep</c> and <see cref="TrainingStepContext.Report"/>); <paramref name="afterTraining"/> sees the trained model before it is disposed (for spectra,
     /// say). The model is disposed unless <see cref="DisposeModels"/> is false.
     /// </summary>
     public RunResult Run(string name, int seed, Func<TModel> createModel, TrainerOptions options, Action<TModel>? afterTraining = null,

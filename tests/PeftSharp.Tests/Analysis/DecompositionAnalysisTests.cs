@@ -164,6 +164,18 @@ public sealed class DecompositionAnalysisTests
     }
 
     [Fact]
+    public void Applying_kronecker_terms_to_a_batch_equals_multiplying_by_their_composed_matrix()
+    {
+        manual_seed(11);
+        var a = randn(3, 2, 4, dtype: ScalarType.Float64);              // K = 3 terms, A_k 2 x 4
+        var b = randn(3, 5, 2, dtype: ScalarType.Float64);              // B_k 5 x 2: W is (10, 8)
+        var x = randn(2, 7, 8, dtype: ScalarType.Float64);              // (batch, tokens, in)
+        var y = KroneckerSpectrum.Apply(x, a, b);
+        Assert.Equal([2L, 7, 10], y.shape);
+        Tensors.AssertClose(x.matmul(KroneckerSpectrum.Compose(a, b).t()), y, 1e-10, "Σ_k (A_k ⊗ B_k) x for every row");
+    }
+
+    [Fact]
     public void The_full_fine_tuning_delta_spectrum_is_the_spectrum_of_the_weight_difference()
     {
         manual_seed(9);

@@ -1,6 +1,7 @@
 using PeftSharp.Adapters;
 using PeftSharp.Analysis;
 using PeftSharp.Data;
+using PeftSharp.Methods.Decomposition;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Methods.Routing;
 using PeftSharp.Models;
@@ -269,5 +270,44 @@ public sealed class HonestComparisonTests
         Assert.All(runs, r => Assert.All(r.Log.Steps, s => Assert.InRange(s.Reported["load balance"], 0.01 * 2 - 1e-6, 0.01 * 3 + 1e-6)));
         // Without the hook nothing is reported: the term came from it, and the logged loss stays the task loss.
         Assert.All(harness.Run("MoLA", 1, Create, options).Log.Steps, s => Assert.False(s.Reported.ContainsKey("load balance")));
+    }
+
+    [Fact]
+    public void The_harness_lets_a_run_add_sorsas_regulariser_and_report_a_number_every_step()
+    {
+        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
+        var harness = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
+            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
+            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
+            m => 0.5, evaluationExamples: 1);
+        PeftModel? peft = null;
+        Mlp Create()
+        {
+            var mlp = new Mlp(16, 32, 4);
+            peft = PeftModel.Create(mlp, new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 2, Gamma = 0.1 });
+            return mlp;
+        }
+        var options = new TrainerOptions { MaxSteps = 12, Epochs = 5, LearningRate = 1e-2 };
+        var seen = new List<Mlp>();
+        var runs = harness.RunSeeds("SORSA", [3, 4], Create, options, beforeTraining: (model, trainer) =>
+        {
+            seen.Add(model);
+            SorsaRegularizer.AddTo(trainer, peft!);
+            trainer.AfterStep += step => step.Report("deviation", SorsaRegularizer.Deviation(peft!));
+        });
+        var plain = harness.Run("SORSA without the hook", 3, Create, options);
+
+        Assert.Equal(2, seen.Count);   // once per seed
+        foreach (var run in runs)
+        {
+            Assert.Equal(12, run.Log.Series(SorsaRegularizer.TermName).Count);   // the loss term was added on every step
+            var deviation = run.Log.Series("deviation");
+            Assert.Equal(12, deviation.Count);
+            Assert.True(deviation[^1].Value > 0, "training moved U_p and V_p off orthonormal, and the report saw it");
+        }
+        Assert.Empty(plain.Log.Series(SorsaRegularizer.TermName));          // a run without the hook has no term
+        // Same seed, same batches: the first step's task loss is the same, later ones differ because the term changed the gradients.
+        Assert.Equal(runs[0].Log.Steps[0].Loss, plain.Log.Steps[0].Loss, 6);
+        Assert.NotEqual(runs[0].Log.Steps[^1].Loss, plain.Log.Steps[^1].Loss);
     }
 }
