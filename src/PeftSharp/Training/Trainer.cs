@@ -276,6 +276,9 @@ public sealed class Trainer
         var parameters = TrainableParameters(model);
         if (parameters.Count == 0)
             throw new InvalidOperationException("The model has no trainable parameters: add an adapter, or set requires_grad on the parameters to train.");
+        // Large activations and gradients reused from step to step instead of paged in afresh (a LoRA step: 0.75x full
+        // fine-tuning instead of 0.94-1.10x, ProcessMemory.KeepFreedMemory); a run that measures memory keeps its setting.
+        ProcessMemory.PreferReuseForTraining();
         long all = model.parameters().Sum(p => p.numel());
         long trainable = parameters.Sum(p => p.Parameter.numel());
         var log = new TrainingLog(name, trainable, all, TrainingLog.Describe(trainable, all, adapters));

@@ -178,6 +178,7 @@ public sealed record TrainingProfile
         var units = Units(model);
         var session = new Session(units.Count, model.parameters().Any(p => p.device_type == DeviceType.CUDA));
         model.train();
+        ProcessMemory.PreferReuseForTraining();   // the allocator the Trainer trains with
         try
         {
             session.Step(loss, trained, optimizerStep);   // warm-up: optimizer state, allocator, kernels
