@@ -82,7 +82,7 @@ public sealed class NotebookTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void Notebooks_are_numbered_have_markdown_before_every_code_cell_and_no_outputs()
+    public void Notebooks_are_numbered_have_markdown_before_every_code_cell_no_outputs_and_find_the_repository_first()
     {
         foreach (var file in Directory.EnumerateFiles(Repository.Notebooks, "*.ipynb"))
         {
@@ -97,6 +97,9 @@ public sealed class NotebookTests(ITestOutputHelper output)
                 Assert.Equal(0, cells[i].GetProperty("outputs").GetArrayLength());
             }
             Assert.Contains(name, File.ReadAllText(Path.Combine(Repository.Notebooks, "README.md")));
+            // Every client starts the kernel in another folder: the first code cell finds the repository before any relative path.
+            var first = string.Concat(cells.First(c => c.GetProperty("cell_type").GetString() == "code").GetProperty("source").EnumerateArray().Select(l => l.GetString()));
+            Assert.True(first.Contains("Interactive.sln") && first.Contains("SetCurrentDirectory"), $"{name}: the first code cell must find the repository from wherever the kernel started (copy 00-quickstart's).");
         }
     }
 
