@@ -78,7 +78,9 @@ public sealed record TrainingProfile
     public required long ModuleOutputBytes { get; init; }
 
     /// <summary>The largest resident memory a plain step reached above the resident memory at its start (Linux; 0
-    /// elsewhere): activations, gradients being formed, temporaries.</summary>
+    /// elsewhere): activations, gradients being formed, temporaries, as far as they did not reuse blocks an earlier step
+    /// freed (the profile trains with <see cref="ProcessMemory.KeepFreedMemory"/>, as the Trainer does, unless the process
+    /// chose <see cref="ProcessMemory.ReturnFreedMemory"/>, which shows a step's whole footprint).</summary>
     public required long PeakOverStartBytes { get; init; }
 
     /// <summary>Minor page faults per plain step (Linux): memory the allocator took from the system and touched for the
