@@ -184,7 +184,14 @@ public sealed record AdaLoraConfig : AdapterConfig
 
     /// <summary>lora_A [r, in], lora_E [r, 1] and lora_B [out, r] must be there and share the rank the config gives the
     /// module (its rank_pattern's kept count, else init_r).</summary>
-    public override int? InspectModule(string path, IReadOnlyList<SafeTensorInfo> tensors, List<string> problems)
+    public override int? InspectModule(string path, IReadOnlyList<SafeTensorInfo> tensors, List<string> problems) =>
+        InspectSvdTriplets(path, tensors, problems, RankAt(path), "init_r, or the kept count of rank_pattern", TargetModules, LayersToTransform, LayersPattern);
+
+    /// <summary>The file check AdaLoRA and IncreLoRA share: lora_A [r, in], lora_E [r, 1] and lora_B [out, r] present,
+    /// with one r equal to <paramref name="expectedRank"/> (<paramref name="rankSource"/> says where the config takes it
+    /// from), and the module matched by the targets.</summary>
+    internal static int? InspectSvdTriplets(string path, IReadOnlyList<SafeTensorInfo> tensors, List<string> problems, int expectedRank, string rankSource,
+                                            TargetModules? targets, IReadOnlyList<int>? layersToTransform, IReadOnlyList<string>? layersPattern)
     {
         var a = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_A"));
         var e = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_E"));
@@ -198,9 +205,9 @@ public sealed record AdaLoraConfig : AdapterConfig
         if (a.Shape.Length != 2 || b.Shape.Length != 2 || e.Shape.Length != 2 || e.Shape[0] != rank || e.Shape[1] != 1 || b.Shape[1] != rank)
             problems.Add($"'{path}': lora_A [{string.Join(", ", a.Shape)}], lora_E [{string.Join(", ", e.Shape)}] and lora_B [{string.Join(", ", b.Shape)}] " +
                          "should be [r, in], [r, 1] and [out, r] with one r.");
-        else if (rank != RankAt(path))
-            problems.Add($"'{path}' has rank {rank} but adapter_config.json says {RankAt(path)} (init_r, or the kept count of rank_pattern).");
-        if (TargetModules is { } targets && !targets.IsAllLinear && !TargetMatcher.IsTarget(targets, path, LayersToTransform, LayersPattern))
+        else if (rank != expectedRank)
+            problems.Add($"'{path}' has rank {rank} but adapter_config.json says {expectedRank} ({rankSource}).");
+        if (targets is not null && !targets.IsAllLinear && !TargetMatcher.IsTarget(targets, path, layersToTransform, layersPattern))
             problems.Add($"'{path}' is not matched by target_modules {targets}.");
         return rank;
     }

@@ -147,26 +147,8 @@ public sealed record IncreLoraConfig : AdapterConfig
 
     /// <summary>lora_A [r, in], lora_E [r, 1] and lora_B [out, r] must be there and share the rank the config gives the
     /// module (its rank_pattern entry, else init_r).</summary>
-    public override int? InspectModule(string path, IReadOnlyList<SafeTensorInfo> tensors, List<string> problems)
-    {
-        var a = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_A"));
-        var e = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_E"));
-        var b = tensors.FirstOrDefault(t => t.Name.EndsWith(".lora_B"));
-        if (a is null || e is null || b is null)
-        {
-            problems.Add($"'{path}' needs lora_A, lora_E and lora_B; it has {string.Join(", ", tensors.Select(t => t.Name[(t.Name.LastIndexOf('.') + 1)..]))}.");
-            return null;
-        }
-        int rank = (int)a.Shape[0];
-        if (a.Shape.Length != 2 || b.Shape.Length != 2 || e.Shape.Length != 2 || e.Shape[0] != rank || e.Shape[1] != 1 || b.Shape[1] != rank)
-            problems.Add($"'{path}': lora_A [{string.Join(", ", a.Shape)}], lora_E [{string.Join(", ", e.Shape)}] and lora_B [{string.Join(", ", b.Shape)}] " +
-                         "should be [r, in], [r, 1] and [out, r] with one r.");
-        else if (rank != RankAt(path))
-            problems.Add($"'{path}' has rank {rank} but adapter_config.json says {RankAt(path)} (its rank_pattern entry, else init_r).");
-        if (TargetModules is { } targets && !targets.IsAllLinear && !TargetMatcher.IsTarget(targets, path, LayersToTransform, LayersPattern))
-            problems.Add($"'{path}' is not matched by target_modules {targets}.");
-        return rank;
-    }
+    public override int? InspectModule(string path, IReadOnlyList<SafeTensorInfo> tensors, List<string> problems) =>
+        AdaLoraConfig.InspectSvdTriplets(path, tensors, problems, RankAt(path), "its rank_pattern entry, else init_r", TargetModules, LayersToTransform, LayersPattern);
 
     protected internal override IReadOnlyList<string> Choices(string option) => option switch
     {
