@@ -1,3 +1,4 @@
+using PeftSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -96,7 +97,7 @@ public sealed partial class PeftModel
     {
         EnsureUsable();
         SetDisabled(true);
-        return new Scope(EnableAdapters);
+        return new OnDispose(EnableAdapters);
     }
 
     public void EnableAdapters() => SetDisabled(false);
@@ -142,7 +143,7 @@ public sealed partial class PeftModel
         var previous = (layers.Select(l => l.Context).ToList(), wrappers.Select(w => w.Context).ToList());
         foreach (var layer in layers) layer.Context = context;
         foreach (var wrapper in wrappers) wrapper.Context = context;
-        return new Scope(() =>
+        return new OnDispose(() =>
         {
             for (int i = 0; i < layers.Count; i++) layers[i].Context = previous.Item1[i];
             for (int i = 0; i < wrappers.Count; i++) wrappers[i].Context = previous.Item2[i];

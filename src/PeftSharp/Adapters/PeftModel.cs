@@ -344,15 +344,4 @@ public sealed partial class PeftModel
 
     ArgumentException UnknownAdapter(string name) =>
         new($"No adapter named '{name}'. Adapters: {(_adapters.Count == 0 ? "none" : string.Join(", ", AdapterNames))}.");
-
-    sealed class Scope(Action onDispose) : IDisposable
-    {
-        Action? _onDispose = onDispose;
-
-        public void Dispose()
-        {
-            _onDispose?.Invoke();
-            _onDispose = null;
-        }
-    }
 }

@@ -33,13 +33,14 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
 {
     readonly PeftModel _peft;
     readonly List<(string Path, AdaLoraLinearAdapter Adapter)> _targets;
-    readonly Dictionary<Parameter, (Tensor Sensitivity, Tensor Uncertainty)> _statistics = new(ReferenceEqualityComparer.Instance);
+    readonly ImportanceStatistics _importance;
     RankAllocation _allocation;
 
     AdaLoraAllocator(PeftModel peft, string adapterName)
     {
         _peft = peft;
         AdapterName = adapterName;
+        _importance = new ImportanceStatistics(Config.Beta1, Config.Beta2);
         _targets = peft.Layers.Where(l => l.Contains(adapterName) && l[adapterName] is AdaLoraLinearAdapter)
             .Select(l => (l.Path, (AdaLoraLinearAdapter)l[adapterName])).ToList();
         if (_targets.Count == 0)
@@ -137,25 +138,10 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
     }
 
     /// <summary>Ī and Ū of every entry of A, E and B from this step's gradients (PEFT's <c>update_ipt</c>, eq. 9–10).</summary>
-    void UpdateImportance()
-    {
-        using var _ = no_grad();
-        foreach (var (path, adapter) in _targets)
-            foreach (var p in new[] { adapter.E, adapter.A, adapter.B })
-            {
-                var importance = p.grad is { } grad ? (p * grad).abs() : zeros_like(p);
-                var (sensitivity, uncertainty) = _statistics.TryGetValue(p, out var s)
-                    ? s : (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
-                var newSensitivity = (sensitivity * Config.Beta1 + importance * (1 - Config.Beta1)).DetachFromDisposeScope();
-                var newUncertainty = (uncertainty * Config.Beta2 + (importance - newSensitivity).abs() * (1 - Config.Beta2)).DetachFromDisposeScope();
-                sensitivity.Dispose();
-                uncertainty.Dispose();
-                _statistics[p] = (newSensitivity, newUncertainty);
-            }
-    }
+    void UpdateImportance() => _importance.Update(_targets.SelectMany(t => new[] { t.Adapter.E, t.Adapter.A, t.Adapter.B }));
 
     /// <summary>s = Ī · Ū per entry of <paramref name="p"/> (PEFT's <c>_element_score</c>, eq. 11); zeros before any update.</summary>
-    Tensor Score(Parameter p) => _statistics.TryGetValue(p, out var s) ? s.Sensitivity * s.Uncertainty : zeros_like(p);
+    Tensor Score(Parameter p) => _importance.Score(p);
 
     /// <summary>Each triplet's score [r]: its E entry plus the mean over its row of A and its column of B
     /// (PEFT's <c>_combine_ipt</c>).</summary>
@@ -196,15 +182,7 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
                 adapter.E.masked_fill_(tensor(kept.Select(k => !k).ToArray(), device: adapter.E.device).view(-1, 1), 0.0);
     }
 
-    void ResetImportance()
-    {
-        foreach (var (s, u) in _statistics.Values)
-        {
-            s.Dispose();
-            u.Dispose();
-        }
-        _statistics.Clear();
-    }
+    void ResetImportance() => _importance.Reset();
 
     /// <summary>Writes the kept triplets into the adapters (what a save writes) and the config's rank_pattern (what it
     /// reloads with), as PEFT sets <c>peft_config.rank_pattern</c> at each allocation.</summary>
@@ -249,23 +227,13 @@ public sealed class AdaLoraAllocator : IRankAllocationRecorder, IDisposable
             context.RecordRanks(_allocation);
         };
         trainer.AfterStep += afterStep;
-        return new Detach(() =>
+        return new OnDispose(() =>
         {
             trainer.AfterStep -= afterStep;
             if (regularise) trainer.RemoveLossTerm(term);
         });
     }
 
-    sealed class Detach(Action action) : IDisposable
-    {
-        Action? _action = action;
-
-        public void Dispose()
-        {
-            _action?.Invoke();
-            _action = null;
-        }
-    }
 
     public void Dispose() => ResetImportance();
 }

@@ -34,7 +34,7 @@ public sealed class IncreLoraAllocator : IRankAllocationRecorder, IDisposable
 {
     readonly PeftModel _peft;
     readonly List<(string Path, IncreLoraLinearAdapter Adapter)> _targets;
-    readonly Dictionary<Parameter, (Tensor Sensitivity, Tensor Uncertainty)> _statistics = new(ReferenceEqualityComparer.Instance);
+    readonly ImportanceStatistics _importance;
     readonly List<(Parameter Parameter, int AddedAfterStep)> _warming = [];
     Trainer? _trainer;
     RankAllocation _allocation;
@@ -43,6 +43,7 @@ public sealed class IncreLoraAllocator : IRankAllocationRecorder, IDisposable
     {
         _peft = peft;
         AdapterName = adapterName;
+        _importance = new ImportanceStatistics(Config.Beta1, Config.Beta2);
         _targets = peft.Layers.Where(l => l.Contains(adapterName) && l[adapterName] is IncreLoraLinearAdapter)
             .Select(l => (l.Path, (IncreLoraLinearAdapter)l[adapterName])).ToList();
         if (_targets.Count == 0)
@@ -122,27 +123,11 @@ public sealed class IncreLoraAllocator : IRankAllocationRecorder, IDisposable
     public IReadOnlyList<string> UpdateAndGrow() => UpdateAndGrow(NextStep);
 
     /// <summary>Ī and Ū of every entry of the triplets in use from their current gradients (AdaLoRA's eq. 9–10).</summary>
-    public void UpdateImportance()
-    {
-        using var scope = NewDisposeScope();
-        using var _ = no_grad();
-        foreach (var (_, adapter) in _targets)
-            foreach (var (a, e, b) in adapter.Blocks)
-                foreach (var p in new[] { e, a, b })
-                {
-                    var importance = p.grad is { } grad ? (p * grad).abs() : zeros_like(p);
-                    var (sensitivity, uncertainty) = _statistics.TryGetValue(p, out var s)
-                        ? s : (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
-                    var newSensitivity = (sensitivity * Config.Beta1 + importance * (1 - Config.Beta1)).DetachFromDisposeScope();
-                    var newUncertainty = (uncertainty * Config.Beta2 + (importance - newSensitivity).abs() * (1 - Config.Beta2)).DetachFromDisposeScope();
-                    sensitivity.Dispose();
-                    uncertainty.Dispose();
-                    _statistics[p] = (newSensitivity, newUncertainty);
-                }
-    }
+    public void UpdateImportance() =>
+        _importance.Update(_targets.SelectMany(t => t.Adapter.Blocks.SelectMany(block => new[] { block.E, block.A, block.B })));
 
     // s = Ī · Ū per entry (zeros before any update: a triplet just added).
-    Tensor Score(Parameter p) => _statistics.TryGetValue(p, out var s) ? s.Sensitivity * s.Uncertainty : zeros_like(p);
+    Tensor Score(Parameter p) => _importance.Score(p);
 
     /// <summary>Each triplet's score [r] of <paramref name="adapter"/>: s(λᵢ) + mean_j s(Q_ij) + mean_k s(P_ki).</summary>
     public Tensor TripletScores(IncreLoraLinearAdapter adapter)
@@ -243,7 +228,7 @@ public sealed class IncreLoraAllocator : IRankAllocationRecorder, IDisposable
             context.RecordRanks(_allocation);
         };
         trainer.AfterStep += afterStep;
-        return new Detach(() =>
+        return new OnDispose(() =>
         {
             trainer.AfterStep -= afterStep;
             if (regularise) trainer.RemoveLossTerm(term);
@@ -253,24 +238,6 @@ public sealed class IncreLoraAllocator : IRankAllocationRecorder, IDisposable
         });
     }
 
-    sealed class Detach(Action action) : IDisposable
-    {
-        Action? _action = action;
 
-        public void Dispose()
-        {
-            _action?.Invoke();
-            _action = null;
-        }
-    }
-
-    public void Dispose()
-    {
-        foreach (var (s, u) in _statistics.Values)
-        {
-            s.Dispose();
-            u.Dispose();
-        }
-        _statistics.Clear();
-    }
+    public void Dispose() => _importance.Dispose();
 }
