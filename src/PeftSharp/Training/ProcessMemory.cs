@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Runtime.InteropServices;
 
 namespace PeftSharp.Training;
@@ -83,6 +84,17 @@ public static class ProcessMemory
 
     /// <summary>The largest resident memory since the last <see cref="ResetPeak"/>, in bytes.</summary>
     public static long Peak() => OperatingSystem.IsLinux() ? Status("VmHWM") : Process.GetCurrentProcess().PeakWorkingSet64;
+
+    /// <summary>Minor page faults of the process so far (pages the kernel mapped in on first touch; 0 off Linux): a step
+    /// whose count grows every time is paging its buffers in afresh.</summary>
+    public static long MinorPageFaults()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        // /proc/self/stat: "pid (comm) state ppid ..." with minflt the 10th field; comm may hold spaces, so count after ')'.
+        var stat = File.ReadAllText("/proc/self/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return long.Parse(fields[7], CultureInfo.InvariantCulture);
+    }
 
     static long Status(string field)
     {

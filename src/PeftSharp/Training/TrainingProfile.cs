@@ -188,7 +188,7 @@ public sealed record TrainingProfile
             // Plain steps: the step's own time and memory.
             long managedBefore = GC.GetTotalAllocatedBytes(precise: true);
             int collectionsBefore = GC.CollectionCount(0);
-            long faultsBefore = MinorPageFaults();
+            long faultsBefore = ProcessMemory.MinorPageFaults();
             long peak = 0;
             var plain = new List<double>();
             for (int i = 0; i < steps; i++)
@@ -198,7 +198,7 @@ public sealed record TrainingProfile
                 plain.Add(session.Step(loss, trained, optimizerStep).Total);
                 peak = Math.Max(peak, ProcessMemory.Peak() - start);
             }
-            long faults = MinorPageFaults() - faultsBefore;
+            long faults = ProcessMemory.MinorPageFaults() - faultsBefore;
             long managed = GC.GetTotalAllocatedBytes(precise: true) - managedBefore;
             int collections = GC.CollectionCount(0) - collectionsBefore;
 
@@ -268,15 +268,6 @@ public sealed record TrainingProfile
                 units.Add((path, leaf));
         }
         return units;
-    }
-
-    static long MinorPageFaults()
-    {
-        if (!OperatingSystem.IsLinux()) return 0;
-        // /proc/self/stat: "pid (comm) state ppid ..." with minflt the 10th field; comm may hold spaces, so count after ')'.
-        var stat = File.ReadAllText("/proc/self/stat");
-        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return long.Parse(fields[7], CultureInfo.InvariantCulture);
     }
 
     enum Mark { ForwardEnter, ForwardExit, BackwardEnter, BackwardExit }

@@ -247,18 +247,9 @@ public sealed class HonestComparisonTests
     [Fact]
     public void The_harness_hands_each_run_its_trainer_so_a_loss_term_such_as_molas_load_balancing_trains_with_it()
     {
-        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
-        var harness = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
-            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
-            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
-            m => 0.5, evaluationExamples: 1);
+        var harness = MultiTaskHarness();
         PeftModel? peft = null;
-        Mlp Create()
-        {
-            var mlp = new Mlp(16, 32, 4);
-            peft = PeftModel.Create(mlp, new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 });
-            return mlp;
-        }
+        Mlp Create() => MlpWith(new MolaConfig { TargetModules = ["lin0", "lin1"], R = 2, NumExperts = 3, TopK = 2 }, out peft);
         var options = new TrainerOptions { MaxSteps = 6, Epochs = 1, LearningRate = 1e-2 };
         var seen = new List<Mlp>();
         var runs = harness.RunSeeds("MoLA", [1, 2], Create, options, beforeTraining: (model, trainer) =>
@@ -275,18 +266,9 @@ public sealed class HonestComparisonTests
     [Fact]
     public void The_harness_lets_a_run_add_sorsas_regulariser_and_report_a_number_every_step()
     {
-        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
-        var harness = new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
-            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
-            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
-            m => 0.5, evaluationExamples: 1);
+        var harness = MultiTaskHarness();
         PeftModel? peft = null;
-        Mlp Create()
-        {
-            var mlp = new Mlp(16, 32, 4);
-            peft = PeftModel.Create(mlp, new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 2, Gamma = 0.1 });
-            return mlp;
-        }
+        Mlp Create() => MlpWith(new SorsaConfig { TargetModules = ["lin0", "lin1"], R = 2, Gamma = 0.1 }, out peft);
         var options = new TrainerOptions { MaxSteps = 12, Epochs = 5, LearningRate = 1e-2 };
         var seen = new List<Mlp>();
         var runs = harness.RunSeeds("SORSA", [3, 4], Create, options, beforeTraining: (model, trainer) =>
@@ -309,5 +291,24 @@ public sealed class HonestComparisonTests
         // Same seed, same batches: the first step's task loss is the same, later ones differ because the term changed the gradients.
         Assert.Equal(runs[0].Log.Steps[0].Loss, plain.Log.Steps[0].Loss, 6);
         Assert.NotEqual(runs[0].Log.Steps[^1].Loss, plain.Log.Steps[^1].Loss);
+    }
+
+    // A harness that trains an MLP on the multi-task suite's training split (a mean score of 0.5 stands in for an
+    // evaluation: these tests look at the training logs).
+    static TrainingHarness<Mlp, Batch<MultiTaskTensors>> MultiTaskHarness()
+    {
+        var train = MultiTaskSet.FromDataFrame(Datasets.MultiTask(Split.Train));
+        return new TrainingHarness<Mlp, Batch<MultiTaskTensors>>(
+            (seed, epoch) => train.Batches(64, seed: (ulong)(1000 * seed + epoch)),
+            (m, b) => { var t = b.ToTensors(); return nn.functional.cross_entropy(m.call(t.Inputs), t.Labels); },
+            m => 0.5, evaluationExamples: 1);
+    }
+
+    // A 16-32-4 MLP with an adapter of the given config; the PeftModel comes back through peft for the hooks.
+    static Mlp MlpWith(AdapterConfig config, out PeftModel peft)
+    {
+        var mlp = new Mlp(16, 32, 4);
+        peft = PeftModel.Create(mlp, config);
+        return mlp;
     }
 }
