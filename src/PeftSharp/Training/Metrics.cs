@@ -246,3 +246,40 @@ public static class ImageClassificationEvaluation
         }
     }
 }
+
+/// <summary>Evaluation of a sequence classifier (input ids (B, T), attention mask (B, T), token types → logits
+/// (B, classes), as <see cref="Models.Bert.BertForSequenceClassification"/>) on a <see cref="Data.TextClassificationSet"/>.</summary>
+public static class TextClassificationEvaluation
+{
+    /// <summary>Whether <paramref name="model"/>'s top class is each row's label, in the set's order: what a paired
+    /// verdict over the same rows needs (<c>Claim.CheckOnExamples</c>). Eval mode without gradients; the model's
+    /// mode is restored.</summary>
+    public static bool[] Correct(nn.Module<Tensor, Tensor?, Tensor?, Tensor> model, Data.TextClassificationSet set, int batchSize = 64, Device? device = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(set);
+        if (set.Count == 0) throw new ArgumentException("The text set is empty.", nameof(set));
+        bool wasTraining = model.training;
+        model.eval();
+        try
+        {
+            using var _ = no_grad();
+            var right = new List<bool>(set.Count);
+            foreach (var batch in set.Batches(batchSize))
+            {
+                using var scope = NewDisposeScope();
+                var t = batch.ToTensors(device);
+                right.AddRange(model.call(t.InputIds, t.AttentionMask, null).argmax(1).eq(t.Labels).cpu().data<bool>().ToArray());
+            }
+            return right.ToArray();
+        }
+        finally
+        {
+            if (wasTraining) model.train();
+        }
+    }
+
+    /// <summary>The share of rows of <paramref name="set"/> that <paramref name="model"/> gets right (see <see cref="Correct"/>).</summary>
+    public static double Accuracy(nn.Module<Tensor, Tensor?, Tensor?, Tensor> model, Data.TextClassificationSet set, int batchSize = 64, Device? device = null) =>
+        Correct(model, set, batchSize, device).Average(c => c ? 1.0 : 0.0);
+}

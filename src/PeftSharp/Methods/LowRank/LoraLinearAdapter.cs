@@ -110,22 +110,32 @@ public class LoraLinearAdapter : WeightDeltaAdapter
 
     /// <summary>
     /// The whole layer in one autograd node (<see cref="LoraLinearFunction"/>) when this is the only active adapter on
-    /// a frozen Linear and no dropout is in play: less memory at the backward peak, fewer kernels.
+    /// a frozen Linear: less memory at the backward peak, fewer kernels. Dropout in training is drawn here exactly as
+    /// libtorch's CPU dropout draws it (a Bernoulli(1 − p) noise divided by 1 − p, from the same generator), so the
+    /// fused and the unfused layer see the same mask for the same seed.
     /// </summary>
     public override Tensor? TryFusedForward(Tensor x, Module<Tensor, Tensor> baseLayer)
     {
+        bool dropping = lora_dropout is { training: true } && _dropout > 0;
         if (baseLayer is not Linear linear || linear.weight!.requires_grad || linear.bias is { requires_grad: true }
-            || lora_B.bias is not null || (lora_dropout is not null && training) || !x.is_floating_point() || x.device_type != DeviceType.CPU)
+            || lora_B.bias is not null || (dropping && _dropout >= 1) || !x.is_floating_point() || x.device_type != DeviceType.CPU)
             return null;
+        Tensor? noise = null;
+        if (dropping)
+            using (no_grad()) noise = empty_like(x).bernoulli_(1 - _dropout).div_(1 - _dropout);   // (..., in), libtorch's _dropout_impl
         if (!is_grad_enabled() || !(x.requires_grad || lora_A.weight!.requires_grad || lora_B.weight!.requires_grad))
         {
             // No graph to build: the same arithmetic, straight.
             var y = functional.linear(x, linear.weight, linear.bias);                                   // (..., out)
+            using var dropped = noise is null ? x.alias() : x.mul(noise);                                // (..., in)
             // (A xᵀ)ᵀ rather than x Aᵀ: the faster shape for libtorch's CPU product (LoraLinearFunction, Skinny).
-            y.view(-1, y.shape[^1]).addmm_(lora_A.weight!.mm(x.reshape(-1, x.shape[^1]).t()).t(), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+            y.view(-1, y.shape[^1]).addmm_(lora_A.weight!.mm(dropped.reshape(-1, x.shape[^1]).t()).t(), lora_B.weight!.t(), beta: 1, alpha: (float)Scaling);
+            noise?.Dispose();
             return y;
         }
-        return LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling);
+        var output = LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling, noise!);
+        noise?.Dispose();   // the node keeps its own reference for the backward; this handle would live to the end of the step
+        return output;
     }
 
     /// <summary>s · B A on dropout(x), without a lora_B bias: a mixed batch can gather it per row.</summary>

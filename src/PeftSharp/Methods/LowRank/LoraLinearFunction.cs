@@ -4,10 +4,12 @@ using static TorchSharp.torch;
 namespace PeftSharp.Methods.LowRank;
 
 /// <summary>
-/// y = x Wᵀ + b + s·(x Aᵀ) Bᵀ for a frozen Linear (W, b) and one LoRA adapter (A, B) as a single autograd node.
+/// y = x Wᵀ + b + s·((x ⊙ m) Aᵀ) Bᵀ for a frozen Linear (W, b) and one LoRA adapter (A, B) as a single autograd node,
+/// with m the dropout noise (0 or 1/(1 − p) per entry) in training, or no m.
 /// Written by hand because autograd's version of the same sum costs a full-size gradient buffer more per layer: x
 /// feeds both the base and A, so autograd makes dL/dx twice, (N, in) each, and adds them; here dL/dx = g W + s (g B) A
-/// is accumulated in place. Saves only x (which the model keeps anyway) and the small (N, r) hidden state.
+/// is accumulated in place. Saves only x (which the model keeps anyway), the small (N, r) hidden state and, with dropout,
+/// m; x ⊙ m is made again in the backward rather than kept (autograd's dropout followed by a Linear keeps both).
 /// <para id="Skinny">Every product with the rank r as one side is written so that the long N dimension is the last one of
 /// the result: libtorch 2.10's CPU matrix product (its MKL path) is slow on (large, transposed) × (large, r) shapes.
 /// Measured on 2 threads, N 4096, out 2048, in 512, r 8, minimum of 10: gᵀ h 70.3 ms against (hᵀ g)ᵀ 5.6 ms, g B 10.3 ms
@@ -29,7 +31,8 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
     static List<Tensor> _returnedLastTime = [];
     public override string Name => "LoraLinear";
 
-    /// <summary>vars: x (..., in), W (out, in), b (out) or null, A (r, in), B (out, r), scaling (double).</summary>
+    /// <summary>vars: x (..., in), W (out, in), b (out) or null, A (r, in), B (out, r), scaling (double), dropout noise m
+    /// (..., in) or null (always seven: the backward returns one gradient per argument).</summary>
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
         var x = (Tensor)vars[0];
@@ -38,16 +41,20 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         var a = (Tensor)vars[3];
         var b = (Tensor)vars[4];
         var scaling = (double)vars[5];
+        var noise = vars[6] as Tensor;
 
         var x2d = x.reshape(-1, x.shape[^1]);                                       // (N, in)
+        var noise2d = noise?.reshape(-1, x.shape[^1]);                               // (N, in) or null
+        var dropped2d = noise2d is null ? x2d : x2d.mul(noise2d);                    // (N, in): what A sees
         // The base part exactly as nn.Linear computes it, so a LoRA with B = 0 gives the base output bit for bit.
         var y = nn.functional.linear(x, weight, bias);                               // (..., out)
         var y2d = y.view(-1, y.shape[^1]);                                           // (N, out)
         // The small products are written with the long N dimension last (A xᵀ rather than x Aᵀ): libtorch's CPU matrix
         // product is several times slower on a (large, transposed) x (small) shape than on its transpose (see Skinny).
-        var hiddenT = a.mm(x2d.t());                                                 // (r, N) = (x Aᵀ)ᵀ
+        var hiddenT = a.mm(dropped2d.t());                                           // (r, N) = ((x ⊙ m) Aᵀ)ᵀ
+        if (noise2d is not null) dropped2d.Dispose();                                // made again in the backward
         y2d.addmm_(hiddenT.t(), b.t(), beta: 1, alpha: (float)scaling);
-        ctx.save_for_backward([x2d, hiddenT, weight, a, b]);
+        ctx.save_for_backward(noise2d is null ? [x2d, hiddenT, weight, a, b] : [x2d, hiddenT, weight, a, b, noise2d]);
         ctx.save_data("scaling", scaling);
         ctx.save_data("input_shape", x.shape);
         ctx.save_data("needs", new[] { x.requires_grad, a.requires_grad, b.requires_grad });
@@ -65,6 +72,7 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         using var scope = NewDisposeScope();
         var saved = ctx.get_saved_variables();
         var (x2d, hiddenT, weight, a, b) = (saved[0], saved[1], saved[2], saved[3], saved[4]);
+        var noise2d = saved.Count > 5 ? saved[5] : null;                             // (N, in): dropout's m, or none
         var scaling = (double)ctx.get_data("scaling");
         var shape = (long[])ctx.get_data("input_shape");
         var needs = (bool[])ctx.get_data("needs");
@@ -75,14 +83,15 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         if (needs[0])
         {
             gradX = g2d.mm(weight);                                                  // (N, in)
-            gradX.addmm_(gHiddenT.t(), a, beta: 1, alpha: (float)scaling);
+            if (noise2d is null) gradX.addmm_(gHiddenT.t(), a, beta: 1, alpha: (float)scaling);
+            else gradX.add_(gHiddenT.t().mm(a).mul_(noise2d), alpha: scaling);      // dropout passes the gradient through m
             gradX = gradX.view(shape).MoveToOuterDisposeScope();
         }
-        if (needs[1]) gradA = gHiddenT.mm(x2d).mul_(scaling).MoveToOuterDisposeScope();                          // (r, in)
+        if (needs[1]) gradA = gHiddenT.mm(noise2d is null ? x2d : x2d.mul(noise2d)).mul_(scaling).MoveToOuterDisposeScope();   // (r, in)
         // gᵀ h as (hᵀ g)ᵀ: 70 ms against 5.6 ms for N 4096, out 2048, r 8 on 2 threads (Skinny).
         if (needs[2]) gradB = hiddenT.mm(g2d).mul_(scaling).t().contiguous().MoveToOuterDisposeScope();          // (out, r)
         gradOutput.Dispose();
         lock (Gate) _returnedLastTime = new[] { gradX, gradA, gradB }.OfType<Tensor>().ToList();
-        return [gradX!, null!, null!, gradA!, gradB!, null!];   // one entry per argument, the scaling included
+        return [gradX!, null!, null!, gradA!, gradB!, null!, null!];   // one entry per argument: x, W, b, A, B, scaling, noise
     }
 }
