@@ -15,7 +15,7 @@ static class Cli
           methods [--json]                  list the methods the library has
           adapter inspect DIR [--json]      show and check what a PEFT adapter directory holds
           demo lora [--steps N]             train a LoRA on a small built-in task and report
-          bench lora [--quick] [--profile] [--repeats N] [--threads N]
+          bench lora [--quick] [--profile] [--repeats N] [--threads N] [--lora-dropout P]
                                             LoRA speed and memory against full fine-tuning (one JSON line;
                                             --profile first prints where each training step's time and memory go)
           bench adapters [--quick] [--adapters N] [--batch N]

@@ -27,6 +27,8 @@ static class BenchLora
         bool profile = arguments.Flag("profile");
         int rounds = arguments.Int("repeats", quick ? 2 : 5);
         int threads = arguments.Int("threads", 2);
+        double dropout = arguments.Number("lora-dropout", 0);   // PEFT's default is 0; 0.05-0.1 is common in practice
+        if (dropout >= 1) throw new ArgumentException($"--lora-dropout is a probability below 1, such as 0.1, not {dropout}.");
         set_num_threads(threads);
         var options = new TransformerOptions(DModel: 512, Heads: 8, Ffn: 2048, Layers: 4, Outputs: 16);
         long batch = quick ? 4 : 32, length = quick ? 32 : 128;
@@ -43,7 +45,7 @@ static class BenchLora
             m.eval();
             return m;
         }
-        var loraConfig = new LoraConfig { TargetModules = ["q", "k", "v", "o", "fc1", "fc2"], R = 8, LoraAlpha = 16 };
+        var loraConfig = new LoraConfig { TargetModules = ["q", "k", "v", "o", "fc1", "fc2"], R = 8, LoraAlpha = 16, LoraDropout = dropout };
 
         var fullModel = NewModel();
         var full = Optimizer(fullModel);
@@ -142,7 +144,7 @@ static class BenchLora
             ["bench"] = "lora",
             ["shape"] = new[] { batch, length, options.DModel },
             ["model"] = $"pre-LN transformer d={options.DModel} layers={options.Layers} heads={options.Heads} ffn={options.Ffn}",
-            ["lora"] = "r=8 alpha=16 on q,k,v,o,fc1,fc2",
+            ["lora"] = $"r=8 alpha=16 dropout={dropout} on q,k,v,o,fc1,fc2",
             ["threads"] = threads,
             ["rounds"] = rounds,
             ["seconds"] = configurations.ToDictionary(c => c.Name, c => Math.Round(T(c.Name), 4)),
