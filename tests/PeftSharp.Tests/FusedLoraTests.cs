@@ -74,4 +74,37 @@ public sealed class FusedLoraTests
         Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
         Assert.All(peft.Layers, l => Assert.NotNull(((LoraLinearAdapter)l[PeftModel.DefaultAdapterName]).A.grad));
     }
+
+    [Fact]
+    public void Two_threads_training_at_once_each_free_only_their_own_gradients()
+    {
+        // Thread 0 adapts the first layer (its input needs no gradient: two gradients returned per backward), thread 1 the
+        // second (three): a thread that freed the other's returned gradients would see its live-tensor count drift.
+        var drift = new long[2];
+        var errors = new Exception?[2];
+        var threads = Enumerable.Range(0, 2).Select(i => new Thread(() =>
+        {
+            try
+            {
+                var model = new Mlp(16, 32, 8);
+                PeftModel.Create(model, new LoraConfig { TargetModules = [i == 0 ? "lin0" : "lin1"], R = 4, InitLoraWeights = LoraInit.Random });
+                model.train();
+                var x = randn(32, 16);
+                void Step()
+                {
+                    using var scope = NewDisposeScope();
+                    model.call(x).pow(2).mean().backward();
+                }
+                Step();
+                long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+                for (int step = 0; step < 300; step++) Step();
+                drift[i] = DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
+            }
+            catch (Exception e) { errors[i] = e; }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        Assert.Equal(new Exception?[2], errors);
+        Assert.Equal(new long[2], drift);
+    }
 }

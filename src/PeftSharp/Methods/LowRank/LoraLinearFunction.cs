@@ -22,13 +22,15 @@ namespace PeftSharp.Methods.LowRank;
 /// the incoming gradient and the wrappers of the returned gradients (native code copies those right after
 /// <see cref="backward"/> returns). Left alone they keep one (N, out) and one (N, in) buffer per layer alive through
 /// the whole backward pass, more memory than the fusion saves; so the first is disposed here and the second at the
-/// start of the next backward call. TorchSharp also caches an uninitialised tensor the size of each output per node,
+/// start of the next backward call on the same thread. Per thread, because the native copy happens after the return: a
+/// list shared by all threads let one training thread dispose another's gradients before libtorch had copied them (and
+/// made the live-tensor count of each thread drift; a CI run saw it). libtorch runs a CPU backward on the thread that
+/// called it, so the next call on that thread comes after the copy. TorchSharp also caches an uninitialised tensor the size of each output per node,
 /// which costs no resident memory on the CPU but real memory on a GPU, so the fused path is used on the CPU only.
 /// </remarks>
 sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFunction>
 {
-    static readonly object Gate = new();
-    static List<Tensor> _returnedLastTime = [];
+    [ThreadStatic] static List<Tensor>? _returnedLastTime;
     public override string Name => "LoraLinear";
 
     /// <summary>vars: x (..., in), W (out, in), b (out) or null, A (r, in), B (out, r), scaling (double), dropout noise m
@@ -63,11 +65,9 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
     {
-        lock (Gate)
-        {
-            foreach (var t in _returnedLastTime) t.Dispose();
-            _returnedLastTime = [];
-        }
+        if (_returnedLastTime is { } returned)
+            foreach (var t in returned) t.Dispose();
+        _returnedLastTime = null;
         // Backward runs outside any caller's scope: without this one every temporary would wait for the collector.
         using var scope = NewDisposeScope();
         var saved = ctx.get_saved_variables();
@@ -91,7 +91,7 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         // gᵀ h as (hᵀ g)ᵀ: 70 ms against 5.6 ms for N 4096, out 2048, r 8 on 2 threads (Skinny).
         if (needs[2]) gradB = hiddenT.mm(g2d).mul_(scaling).t().contiguous().MoveToOuterDisposeScope();          // (out, r)
         gradOutput.Dispose();
-        lock (Gate) _returnedLastTime = new[] { gradX, gradA, gradB }.OfType<Tensor>().ToList();
+        _returnedLastTime = new[] { gradX, gradA, gradB }.OfType<Tensor>().ToList();
         return [gradX!, null!, null!, gradA!, gradB!, null!, null!];   // one entry per argument: x, W, b, A, B, scaling, noise
     }
 }
