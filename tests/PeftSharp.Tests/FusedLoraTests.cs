@@ -107,4 +107,36 @@ public sealed class FusedLoraTests
         Assert.Equal(new Exception?[2], errors);
         Assert.Equal(new long[2], drift);
     }
+
+    [Theory]
+    [InlineData(1.0, true)]
+    [InlineData(2.5, true)]
+    [InlineData(2.5, false)]
+    public void The_low_rank_node_gives_the_outputs_and_gradients_of_two_linears_and_the_same_output_without_a_graph(double scaling, bool inputNeedsGradient)
+    {
+        // What several active adapters, a trained base and DoRA use: s · B A x alone, (6, 5, 12) → (6, 5, 20), r = 3.
+        manual_seed(4);
+        var x = randn(6, 5, 12);
+        if (inputNeedsGradient) x.requires_grad_();
+        var a = randn(3, 12).requires_grad_();
+        var b = randn(20, 3).requires_grad_();
+        var upstream = randn(6, 5, 20);
+
+        var expected = functional.linear(functional.linear(x, a), b) * scaling;
+        (expected * upstream).sum().backward();
+        var (xGrad, aGrad, bGrad) = (x.grad?.clone(), a.grad!.clone(), b.grad!.clone());
+        foreach (var t in new[] { x, a, b }) t.grad?.zero_();
+
+        var actual = LoraLinearFunction.LowRank(x, a, b, scaling);
+        (actual * upstream).sum().backward();
+
+        Assert.Equal(expected.shape, actual.shape);
+        Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-5), "outputs differ");
+        Assert.True(a.grad!.allclose(aGrad, rtol: 1e-5, atol: 1e-5), "A's gradients differ");
+        Assert.True(b.grad!.allclose(bGrad, rtol: 1e-5, atol: 1e-5), "B's gradients differ");
+        if (inputNeedsGradient) Assert.True(x.grad!.allclose(xGrad!, rtol: 1e-5, atol: 1e-5), "input gradients differ");
+        else Assert.Null(x.grad);
+        using (no_grad())
+            Assert.True(LoraLinearFunction.LowRank(x, a, b, scaling).allclose(actual.detach(), rtol: 0, atol: 0), "a frozen adapter computes differently from a training one");
+    }
 }

@@ -51,7 +51,7 @@ public sealed class DoraLinearAdapter : LoraLinearAdapter
         var weight = BaseWeight(baseLayer);
         var input = lora_dropout is null ? x : lora_dropout.call(x);
         var magnitudeScale = lora_magnitude_vector / WeightNorm(weight);           // (out), gradient to m only
-        var loraResult = functional.linear(functional.linear(input, A), B);      // (..., out)
+        var loraResult = LoraLinearFunction.LowRank(input, A, B, 1);             // (..., out): B A x
         // Without dropout the base term is the output so far minus the bias (PEFT does the same); with dropout the
         // base must see the dropped input.
         var bias = baseLayer.get_parameter("bias");

@@ -101,8 +101,10 @@ public class LoraLinearAdapter : WeightDeltaAdapter
     public override Tensor Apply(Tensor x, Tensor result, Module<Tensor, Tensor> baseLayer)
     {
         var input = lora_dropout is null ? x : lora_dropout.call(x);
-        // s is folded into the small (..., r) hidden state and the (..., out) product is added into the result in
-        // place with alpha 1, so backward passes the output gradient through without copying it.
+        // The (..., out) product is added into the result in place, so backward passes the output gradient through
+        // without copying it.
+        if (lora_B.bias is null) return result.add_(LoraLinearFunction.LowRank(input, lora_A.weight!, lora_B.weight!, Scaling));   // (..., out)
+        // s is folded into the small (..., r) hidden state.
         var hidden = functional.linear(input, lora_A.weight!).mul_(Scaling);                                  // (..., r)
         result.add_(functional.linear(hidden, lora_B.weight!, lora_B.bias is null ? null : lora_B.bias * Scaling));   // (..., out)
         return result;

@@ -33,12 +33,34 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
     [ThreadStatic] static List<Tensor>? _returnedLastTime;
     public override string Name => "LoraLinear";
 
-    /// <summary>vars: x (..., in), W (out, in), b (out) or null, A (r, in), B (out, r), scaling (double), dropout noise m
-    /// (..., in) or null (always seven: the backward returns one gradient per argument).</summary>
+    /// <summary>
+    /// s · B A x alone as one node with the fast backward (no base Linear): for the paths that cannot fuse the base
+    /// (several active adapters, a base that trains, DoRA), where autograd's Linear backward would compute B's gradient
+    /// as the slow gᵀ h. On the CPU (with or without a graph, the same arithmetic); elsewhere two Linears. (..., in) → (..., out).
+    /// </summary>
+    internal static Tensor LowRank(Tensor input, Tensor a, Tensor b, double scaling)
+    {
+        if (input.device_type != DeviceType.CPU || !input.is_floating_point())
+        {
+            var hidden = nn.functional.linear(input, a);                           // (..., r)
+            if (scaling != 1) hidden.mul_(scaling);                                // s on the small side
+            return nn.functional.linear(hidden, b);                                // (..., out)
+        }
+        if (is_grad_enabled() && (input.requires_grad || a.requires_grad || b.requires_grad))
+            return apply(input, null!, null!, a, b, scaling, null!);
+        // No graph to build: the node's arithmetic, straight, so a frozen adapter computes what a training one does.
+        var low = a.mm(input.reshape(-1, input.shape[^1]).t()).t().mm(b.t());      // (N, out)
+        if (scaling != 1) low.mul_(scaling);
+        return low.view([.. input.shape[..^1], b.shape[0]]);                       // (..., out)
+    }
+
+    /// <summary>vars: x (..., in), W (out, in) or null (then the node is s · B A (x ⊙ m) alone), b (out) or null,
+    /// A (r, in), B (out, r), scaling (double), dropout noise m (..., in) or null (always seven: the backward returns one
+    /// gradient per argument).</summary>
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
         var x = (Tensor)vars[0];
-        var weight = (Tensor)vars[1];
+        var weight = vars[1] as Tensor;
         var bias = vars[2] as Tensor;
         var a = (Tensor)vars[3];
         var b = (Tensor)vars[4];
@@ -48,17 +70,30 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         var x2d = x.reshape(-1, x.shape[^1]);                                       // (N, in)
         var noise2d = noise?.reshape(-1, x.shape[^1]);                               // (N, in) or null
         var dropped2d = noise2d is null ? x2d : x2d.mul(noise2d);                    // (N, in): what A sees
-        // The base part exactly as nn.Linear computes it, so a LoRA with B = 0 gives the base output bit for bit.
-        var y = nn.functional.linear(x, weight, bias);                               // (..., out)
-        var y2d = y.view(-1, y.shape[^1]);                                           // (N, out)
         // The small products are written with the long N dimension last (A xᵀ rather than x Aᵀ): libtorch's CPU matrix
         // product is several times slower on a (large, transposed) x (small) shape than on its transpose (see Skinny).
         var hiddenT = a.mm(dropped2d.t());                                           // (r, N) = ((x ⊙ m) Aᵀ)ᵀ
         if (noise2d is not null) dropped2d.Dispose();                                // made again in the backward
-        y2d.addmm_(hiddenT.t(), b.t(), beta: 1, alpha: (float)scaling);
-        ctx.save_for_backward(noise2d is null ? [x2d, hiddenT, weight, a, b] : [x2d, hiddenT, weight, a, b, noise2d]);
+        Tensor y;
+        if (weight is null)
+        {
+            var low = hiddenT.t().mm(b.t());                                         // (N, out)
+            if (scaling != 1) low.mul_(scaling);
+            y = low.view([.. x.shape[..^1], b.shape[0]]);                            // (..., out)
+        }
+        else
+        {
+            // The base part exactly as nn.Linear computes it, so a LoRA with B = 0 gives the base output bit for bit.
+            y = nn.functional.linear(x, weight, bias);                               // (..., out)
+            y.view(-1, y.shape[^1]).addmm_(hiddenT.t(), b.t(), beta: 1, alpha: (float)scaling);
+        }
+        List<Tensor> saved = [x2d, hiddenT, a, b];
+        if (weight is not null) saved.Add(weight);
+        if (noise2d is not null) saved.Add(noise2d);
+        ctx.save_for_backward(saved);
         ctx.save_data("scaling", scaling);
         ctx.save_data("input_shape", x.shape);
+        ctx.save_data("has", new[] { weight is not null, noise2d is not null });
         ctx.save_data("needs", new[] { x.requires_grad, a.requires_grad, b.requires_grad });
         return y;
     }
@@ -71,8 +106,10 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         // Backward runs outside any caller's scope: without this one every temporary would wait for the collector.
         using var scope = NewDisposeScope();
         var saved = ctx.get_saved_variables();
-        var (x2d, hiddenT, weight, a, b) = (saved[0], saved[1], saved[2], saved[3], saved[4]);
-        var noise2d = saved.Count > 5 ? saved[5] : null;                             // (N, in): dropout's m, or none
+        var (x2d, hiddenT, a, b) = (saved[0], saved[1], saved[2], saved[3]);
+        var has = (bool[])ctx.get_data("has");
+        var weight = has[0] ? saved[4] : null;                                       // (out, in): the frozen base, or none
+        var noise2d = has[1] ? saved[^1] : null;                                     // (N, in): dropout's m, or none
         var scaling = (double)ctx.get_data("scaling");
         var shape = (long[])ctx.get_data("input_shape");
         var needs = (bool[])ctx.get_data("needs");
@@ -82,9 +119,17 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         Tensor? gradX = null, gradA = null, gradB = null;
         if (needs[0])
         {
-            gradX = g2d.mm(weight);                                                  // (N, in)
-            if (noise2d is null) gradX.addmm_(gHiddenT.t(), a, beta: 1, alpha: (float)scaling);
-            else gradX.add_(gHiddenT.t().mm(a).mul_(noise2d), alpha: scaling);      // dropout passes the gradient through m
+            if (weight is not null && noise2d is null)
+            {
+                gradX = g2d.mm(weight);                                              // (N, in)
+                gradX.addmm_(gHiddenT.t(), a, beta: 1, alpha: (float)scaling);
+            }
+            else
+            {
+                var low = gHiddenT.t().mm(a);                                        // (N, in): dL/d(x ⊙ m) / s
+                if (noise2d is not null) low.mul_(noise2d);                          // dropout passes the gradient through m
+                gradX = weight is null ? (scaling == 1 ? low : low.mul_(scaling)) : g2d.mm(weight).add_(low, alpha: scaling);
+            }
             gradX = gradX.view(shape).MoveToOuterDisposeScope();
         }
         if (needs[1]) gradA = gHiddenT.mm(noise2d is null ? x2d : x2d.mul(noise2d)).mul_(scaling).MoveToOuterDisposeScope();   // (r, in)
