@@ -5,7 +5,7 @@ namespace PeftSharp.Lab;
 /// <summary>The lab's command line: a verb (and sub-verb) followed by arguments and --options.</summary>
 static class Cli
 {
-    const string Usage = """
+    internal const string Usage = """
         PeftSharp Lab
 
         usage:
@@ -89,7 +89,7 @@ sealed class Arguments
 
     // Options that take a value; the flags; anything else is a typo, refused rather than silently ignored.
     static bool IsValued(string name) => name is "steps" or "out" or "threads" or "repeats" or "timeout" or "cache" or "model"
-        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr" or "adapters";
+        or "block" or "batch" or "epochs" or "min-count" or "hidden" or "ffn" or "layers" or "heads" or "lr" or "adapters" or "lora-dropout";
 
     static bool IsFlag(string name) => name is "json" or "quick" or "help" or "full" or "profile";
 

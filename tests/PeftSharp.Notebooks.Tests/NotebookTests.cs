@@ -176,4 +176,12 @@ public sealed class NotebookTests(ITestOutputHelper output)
         Assert.Contains("usage:", help);
         Assert.DoesNotContain("notebooks:", help);                           // it printed usage instead of running
     }
+
+    [Fact]
+    public void Every_option_the_usage_names_is_one_the_command_line_accepts()
+    {
+        var named = System.Text.RegularExpressions.Regex.Matches(PeftSharp.Lab.Cli.Usage, @"--([a-z][a-z-]*)").Select(m => m.Groups[1].Value).Distinct().ToList();
+        Assert.Contains("lora-dropout", named);
+        Assert.All(named, name => Assert.Empty(PeftSharp.Lab.Arguments.Parse([$"--{name}", "1"]).UnknownOptions));
+    }
 }

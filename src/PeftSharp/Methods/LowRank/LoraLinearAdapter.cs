@@ -135,7 +135,7 @@ public class LoraLinearAdapter : WeightDeltaAdapter
             noise?.Dispose();
             return y;
         }
-        var output = LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling, noise!);
+        var output = LoraLinearFunction.apply(x, linear.weight, linear.bias!, lora_A.weight!, lora_B.weight!, Scaling, noise!, dropping ? _dropout : 0.0);
         noise?.Dispose();   // the node keeps its own reference for the backward; this handle would live to the end of the step
         return output;
     }

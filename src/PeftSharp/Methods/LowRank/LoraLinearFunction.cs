@@ -9,7 +9,8 @@ namespace PeftSharp.Methods.LowRank;
 /// Written by hand because autograd's version of the same sum costs a full-size gradient buffer more per layer: x
 /// feeds both the base and A, so autograd makes dL/dx twice, (N, in) each, and adds them; here dL/dx = g W + s (g B) A
 /// is accumulated in place. Saves only x (which the model keeps anyway), the small (N, r) hidden state and, with dropout,
-/// m; x ⊙ m is made again in the backward rather than kept (autograd's dropout followed by a Linear keeps both).
+/// m as a 1-byte mask; m and x ⊙ m are made again in the backward rather than kept (autograd's dropout followed by a
+/// Linear keeps both, as floats).
 /// <para id="Skinny">Every product with the rank r as one side is written so that the long N dimension is the last one of
 /// the result: libtorch 2.10's CPU matrix product (its MKL path) is slow on (large, transposed) × (large, r) shapes.
 /// Measured on 2 threads, N 4096, out 2048, in 512, r 8, minimum of 10: gᵀ h 70.3 ms against (hᵀ g)ᵀ 5.6 ms, g B 10.3 ms
@@ -47,7 +48,7 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
             return nn.functional.linear(hidden, b);                                // (..., out)
         }
         if (is_grad_enabled() && (input.requires_grad || a.requires_grad || b.requires_grad))
-            return apply(input, null!, null!, a, b, scaling, null!);
+            return apply(input, null!, null!, a, b, scaling, null!, 0.0);
         // No graph to build: the node's arithmetic, straight, so a frozen adapter computes what a training one does.
         var low = a.mm(input.reshape(-1, input.shape[^1]).t()).t().mm(b.t());      // (N, out)
         if (scaling != 1) low.mul_(scaling);
@@ -55,8 +56,8 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
     }
 
     /// <summary>vars: x (..., in), W (out, in) or null (then the node is s · B A (x ⊙ m) alone), b (out) or null,
-    /// A (r, in), B (out, r), scaling (double), dropout noise m (..., in) or null (always seven: the backward returns one
-    /// gradient per argument).</summary>
+    /// A (r, in), B (out, r), scaling (double), dropout noise m (..., in) or null, the dropout probability p (double; m is
+    /// 0 or 1/(1 − p)). Always eight: the backward returns one gradient per argument.</summary>
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
         var x = (Tensor)vars[0];
@@ -66,6 +67,7 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         var b = (Tensor)vars[4];
         var scaling = (double)vars[5];
         var noise = vars[6] as Tensor;
+        var dropout = (double)vars[7];
 
         var x2d = x.reshape(-1, x.shape[^1]);                                       // (N, in)
         var noise2d = noise?.reshape(-1, x.shape[^1]);                               // (N, in) or null
@@ -89,8 +91,11 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         }
         List<Tensor> saved = [x2d, hiddenT, a, b];
         if (weight is not null) saved.Add(weight);
-        if (noise2d is not null) saved.Add(noise2d);
+        // m is kept as a 1-byte mask, a quarter of its float size: the backward makes m again by the same two operations
+        // the forward's caller used (0/1 as floats, divided by 1 − p), so its values are the same bits.
+        if (noise2d is not null) saved.Add(noise2d.ne(0));
         ctx.save_for_backward(saved);
+        ctx.save_data("keep", 1 - dropout);
         ctx.save_data("scaling", scaling);
         ctx.save_data("input_shape", x.shape);
         ctx.save_data("has", new[] { weight is not null, noise2d is not null });
@@ -109,7 +114,7 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         var (x2d, hiddenT, a, b) = (saved[0], saved[1], saved[2], saved[3]);
         var has = (bool[])ctx.get_data("has");
         var weight = has[0] ? saved[4] : null;                                       // (out, in): the frozen base, or none
-        var noise2d = has[1] ? saved[^1] : null;                                     // (N, in): dropout's m, or none
+        var noise2d = has[1] ? saved[^1].to(x2d.dtype).div_((double)ctx.get_data("keep")) : null;   // (N, in): dropout's m, or none
         var scaling = (double)ctx.get_data("scaling");
         var shape = (long[])ctx.get_data("input_shape");
         var needs = (bool[])ctx.get_data("needs");
@@ -137,6 +142,6 @@ sealed class LoraLinearFunction : autograd.SingleTensorFunction<LoraLinearFuncti
         if (needs[2]) gradB = hiddenT.mm(g2d).mul_(scaling).t().contiguous().MoveToOuterDisposeScope();          // (out, r)
         gradOutput.Dispose();
         _returnedLastTime = new[] { gradX, gradA, gradB }.OfType<Tensor>().ToList();
-        return [gradX!, null!, null!, gradA!, gradB!, null!, null!];   // one entry per argument: x, W, b, A, B, scaling, noise
+        return [gradX!, null!, null!, gradA!, gradB!, null!, null!, null!];   // one per argument: x, W, b, A, B, s, m, p
     }
 }
