@@ -18,7 +18,8 @@ namespace PeftSharp.Methods.LowRank;
 /// <item><c>svd</c>, <c>ties_svd</c>, <c>dare_linear_svd</c>, <c>dare_ties_svd</c>, <c>magnitude_prune_svd</c>: the full
 /// deltas ΔWₖ = sₖ Bₖ Aₖ are combined with weights wₖsₖ (PEFT scales by sₖ twice here; with alpha = r it is 1), then
 /// truncated to rank <c>svd_rank</c> (default: the largest rank) by SVD: B = U_r diag(S_r), A = V_rᵀ, both clamped to
-/// ±quantile(|entries|, <c>svd_clamp</c>) when given.</item>
+/// ±h when given, with h the <c>svd_clamp</c> quantile of the signed entries of B and A together, as PEFT takes it
+/// (not of their magnitudes).</item>
 /// </list>
 /// The new config is the first adapter's with r = lora_alpha = the new rank (so s = 1; with use_rslora kept from the
 /// first adapter PEFT's s is √r instead, and so it is here), no rank/alpha patterns, and target_modules the union of the
