@@ -16,7 +16,9 @@ namespace PeftSharp.Methods.LowRank;
 /// Measured on 2 threads, N 4096, out 2048, in 512, r 8, minimum of 10: gᵀ h 70.3 ms against (hᵀ g)ᵀ 5.6 ms, g B 10.3 ms
 /// against (Bᵀ gᵀ)ᵀ 5.0 ms, x Aᵀ 1.7 ms against (A xᵀ)ᵀ 1.0 ms; the first of these alone cost as much as the layer's
 /// whole input gradient g W (104 ms). Autograd's own backward of a Linear of rank r computes gᵀ h the slow way, which is
-/// why the unfused path (and PyTorch's PEFT on this machine) trains LoRA hardly faster than full fine-tuning.</para>
+/// why the unfused path trained LoRA hardly faster than full fine-tuning. (Debian's PyTorch 1.13 with OpenBLAS does these
+/// shapes fast; its PEFT-style LoRA step is slow for its full-size elementwise temporaries instead: README, "Against
+/// PyTorch".)</para>
 /// </summary>
 /// <remarks>
 /// TorchSharp's custom-function bridge leaves two kinds of managed handles for the garbage collector: the wrapper of
