@@ -7,6 +7,7 @@ using PeftSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using static PeftSharp.Tests.PeftFixtures;
 
 namespace PeftSharp.Tests;
 
@@ -17,16 +18,8 @@ namespace PeftSharp.Tests;
 /// </summary>
 public sealed class AdaLoraTests
 {
-    static readonly string FixtureDirectory = Path.Combine(AppContext.BaseDirectory, "Fixtures", "hf-peft-0.20");
-    static readonly JsonObject Case = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDirectory, "adalora_mlp_s0.json")))!;
+    static readonly JsonObject Case = LoadFixture("adalora_mlp_s0.json");
     static readonly string[] TensorNames = ["lora_A", "lora_E", "lora_B"];
-
-    static Tensor Read(JsonNode node)
-    {
-        var shape = node["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-        var data = node["data"]!.AsArray().Select(d => (float)d!.GetValue<double>()).ToArray();
-        return tensor(data).reshape(shape);
-    }
 
     static AdaLoraConfig FixtureConfig()
     {
@@ -44,11 +37,7 @@ public sealed class AdaLoraTests
     static Mlp BaseModel()
     {
         var model = new Mlp();
-        using (no_grad())
-        {
-            var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            foreach (var (name, value) in Case["base_weights"]!.AsObject()) parameters[name].copy_(Read(value!));
-        }
+        CopyBaseWeights(model, Case);
         return model;
     }
 

@@ -6,6 +6,7 @@ using PeftSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using static PeftSharp.Tests.PeftFixtures;
 
 namespace PeftSharp.Tests;
 
@@ -15,24 +16,12 @@ namespace PeftSharp.Tests;
 /// </summary>
 public sealed class HfPeftParityTests
 {
-    static readonly string FixtureDirectory = Path.Combine(AppContext.BaseDirectory, "Fixtures", "hf-peft-0.20");
-    static readonly JsonObject Case = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDirectory, "lora_mlp_s0.json")))!;
-
-    static Tensor Read(JsonNode node)
-    {
-        var shape = node["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-        var data = node["data"]!.AsArray().Select(d => (float)d!.GetValue<double>()).ToArray();
-        return tensor(data).reshape(shape);
-    }
+    static readonly JsonObject Case = LoadFixture("lora_mlp_s0.json");
 
     static (Mlp Model, PeftModel Peft) ReferenceModel()
     {
         var model = new Mlp();
-        using (no_grad())
-        {
-            var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            foreach (var (name, value) in Case["base_weights"]!.AsObject()) parameters[name].copy_(Read(value!));
-        }
+        CopyBaseWeights(model, Case);
         var kwargs = Case["peft_config_kwargs"]!;
         var peft = PeftModel.Create(model, new LoraConfig
         {

@@ -8,6 +8,7 @@ using PeftSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using static PeftSharp.Tests.PeftFixtures;
 
 namespace PeftSharp.Tests;
 
@@ -18,16 +19,8 @@ namespace PeftSharp.Tests;
 /// </summary>
 public sealed class PolyTests
 {
-    static readonly string FixtureDirectory = Path.Combine(AppContext.BaseDirectory, "Fixtures", "hf-peft-0.20");
 
-    static JsonObject Case(string name) => (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDirectory, name + ".json")))!;
-
-    static Tensor Read(JsonNode node)
-    {
-        var shape = node["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-        var data = node["data"]!.AsArray().Select(d => (float)d!.GetValue<double>()).ToArray();
-        return tensor(data).reshape(shape);
-    }
+    static JsonObject Case(string name) => LoadFixture(name + ".json");
 
     static int[] TaskIds(JsonObject c) => c["task_ids"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray();
 
@@ -45,11 +38,7 @@ public sealed class PolyTests
     static Mlp BaseModel(JsonObject c)
     {
         var model = new Mlp();
-        using (no_grad())
-        {
-            var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            foreach (var (name, value) in c["base_weights"]!.AsObject()) parameters[name].copy_(Read(value!));
-        }
+        CopyBaseWeights(model, c);
         model.eval();
         return model;
     }

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using PeftSharp.Adapters;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -71,5 +72,33 @@ static class TempDirectory
         var path = Path.Combine(Path.GetTempPath(), "peftsharp-tests", Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(path);
         return path;
+    }
+}
+
+/// <summary>
+/// What Hugging Face PEFT wrote in Fixtures/hf-peft-0.20 (see the README there): JSON cases whose tensors are
+/// <c>{"shape": [...], "data": [row-major floats]}</c>, and adapter directories. Test classes import it with
+/// <c>using static</c>.
+/// </summary>
+static class PeftFixtures
+{
+    public static readonly string FixtureDirectory = Path.Combine(AppContext.BaseDirectory, "Fixtures", "hf-peft-0.20");
+
+    public static JsonObject LoadFixture(string fileName) =>
+        (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDirectory, fileName)))!;
+
+    public static Tensor Read(JsonNode node)
+    {
+        var shape = node["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+        var data = node["data"]!.AsArray().Select(d => (float)d!.GetValue<double>()).ToArray();
+        return tensor(data).reshape(shape);
+    }
+
+    /// <summary>Copies a case's <c>base_weights</c> (by PyTorch parameter name) into <paramref name="model"/>'s parameters.</summary>
+    public static void CopyBaseWeights(nn.Module model, JsonNode fixtureCase)
+    {
+        using var _ = no_grad();
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, value) in fixtureCase["base_weights"]!.AsObject()) parameters[name].copy_(Read(value!));
     }
 }

@@ -3,6 +3,7 @@ using PeftSharp.Adapters;
 using PeftSharp.Methods.LowRank;
 using PeftSharp.Models;
 using static TorchSharp.torch;
+using static PeftSharp.Tests.PeftFixtures;
 
 namespace PeftSharp.Tests;
 
@@ -13,8 +14,7 @@ namespace PeftSharp.Tests;
 /// </summary>
 public sealed class WeightedMergeFixtureTests
 {
-    static readonly string FixtureDirectory = Path.Combine(AppContext.BaseDirectory, "Fixtures", "hf-peft-0.20");
-    static readonly JsonObject Fixture = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDirectory, "weighted_merge_mlp.json")))!;
+    static readonly JsonObject Fixture = LoadFixture("weighted_merge_mlp.json");
     static readonly string[] Layers = ["lin0", "lin1"];
 
     /// <summary>The factor-wise types and cat come out bit-equal to PEFT's here; this allows for another CPU's float32 sums.</summary>
@@ -28,13 +28,6 @@ public sealed class WeightedMergeFixtureTests
 
     static JsonNode Case(string type) => Fixture["cases"]!.AsArray().Single(c => c!["combination_type"]!.GetValue<string>() == type)!;
 
-    static Tensor Read(JsonNode node)
-    {
-        var shape = node["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-        var data = node["data"]!.AsArray().Select(d => (float)d!.GetValue<double>()).ToArray();
-        return tensor(data).reshape(shape);
-    }
-
     static LoraLinearAdapter Lora(PeftModel peft, string layer, string adapter) => (LoraLinearAdapter)peft.Layers.Single(l => l.Path == layer)[adapter];
 
     /// <summary>The fixture's MLP with its four LoRA adapters ("one" r 4 alpha 8, "two" r 2 alpha 3, "three" r 4 alpha 4,
@@ -42,11 +35,7 @@ public sealed class WeightedMergeFixtureTests
     static (Mlp Model, PeftModel Peft) ReferenceModel()
     {
         var model = new Mlp();
-        using (no_grad())
-        {
-            var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            foreach (var (name, value) in Fixture["base_weights"]!.AsObject()) parameters[name].copy_(Read(value!));
-        }
+        CopyBaseWeights(model, Fixture);
         PeftModel? peft = null;
         foreach (var (name, kwargs) in Fixture["adapters"]!.AsObject())
         {
@@ -59,39 +48,40 @@ public sealed class WeightedMergeFixtureTests
             };
             if (peft is null) peft = PeftModel.Create(model, config, name);
             else peft.AddAdapter(name, config);
-        }
-        using (no_grad())
-            foreach (var name in Fixture["adapters"]!.AsObject().Select(p => p.Key))
+            using (no_grad())
                 foreach (var layer in Layers)
                 {
-                    var lora = Lora(peft!, layer, name);
+                    var lora = Lora(peft, layer, name);
                     lora.A.copy_(Read(Fixture["adapter_state"]![$"{name}.{layer}.lora_A"]!));
                     lora.B.copy_(Read(Fixture["adapter_state"]![$"{name}.{layer}.lora_B"]!));
                 }
+        }
         return (model, peft!);
     }
 
-    static LoraConfig MergeAsPeftDid(PeftModel peft, JsonNode c)
+    /// <summary>The reference model with case <paramref name="type"/>'s merge made as PEFT made it, and the new adapter's name.</summary>
+    static (Mlp Model, PeftModel Peft, JsonNode Case, string Name) MergedAsPeftDid(string type)
     {
+        var c = Case(type);
+        var (model, peft) = ReferenceModel();
         var kwargs = c["kwargs"]!;
-        return peft.AddWeightedAdapter(
+        var name = c["adapter_name"]!.GetValue<string>();
+        peft.AddWeightedAdapter(
             c["adapters"]!.AsArray().Select(a => a!.GetValue<string>()).ToList(),
             c["weights"]!.AsArray().Select(w => w!.GetValue<double>()).ToList(),
-            c["adapter_name"]!.GetValue<string>(),
-            c["combination_type"]!.GetValue<string>(),
+            name,
+            type,
             svdRank: kwargs["svd_rank"]?.GetValue<int>(),
             density: kwargs["density"]?.GetValue<double>(),
             majoritySignMethod: kwargs["majority_sign_method"]?.GetValue<string>() ?? "total");
+        return (model, peft, c, name);
     }
 
     [Theory]
     [MemberData(nameof(CombinationTypes))]
     public void Each_combination_type_gives_the_adapter_PEFTs_add_weighted_adapter_gave(string type)
     {
-        var c = Case(type);
-        var (model, peft) = ReferenceModel();
-        var name = c["adapter_name"]!.GetValue<string>();
-        MergeAsPeftDid(peft, c);
+        var (model, peft, c, name) = MergedAsPeftDid(type);
 
         bool svd = type.EndsWith("svd", StringComparison.Ordinal);
         foreach (var layer in Layers)
@@ -130,23 +120,20 @@ public sealed class WeightedMergeFixtureTests
     [MemberData(nameof(CombinationTypes))]
     public void Each_merged_adapter_saves_the_config_fields_PEFT_gave_it(string type)
     {
-        var c = Case(type);
-        var (_, peft) = ReferenceModel();
-        var name = c["adapter_name"]!.GetValue<string>();
-        MergeAsPeftDid(peft, c);
+        var (_, peft, c, name) = MergedAsPeftDid(type);
         var directory = TempDirectory.Create();
         peft.Save(directory, [name]);
         var ours = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(directory, name, AdapterFiles.ConfigFileName)))!;
         foreach (var (field, theirs) in c["config"]!.AsObject())
         {
             Assert.True(ours.ContainsKey(field), $"{type}: our adapter_config.json has no {field}.");
-            // PEFT holds target_modules as a set: compare as one.
-            var (expected, actual) = field == "target_modules"
-                ? (string.Join(",", theirs!.AsArray().Select(t => t!.GetValue<string>()).Order(StringComparer.Ordinal)),
-                   string.Join(",", ours[field]!.AsArray().Select(t => t!.GetValue<string>()).Order(StringComparer.Ordinal)))
-                : (theirs?.ToJsonString(), ours[field]?.ToJsonString());
-            Assert.True(field == "target_modules" ? expected == actual : JsonNode.DeepEquals(theirs, ours[field]),
-                        $"{type}: {field} is {expected} in PEFT's merged config, {actual} in ours.");
+            // PEFT holds target_modules as a set: compare it in sorted order.
+            var (expected, actual) = field == "target_modules" ? (Sorted(theirs!), Sorted(ours[field]!)) : (theirs, ours[field]);
+            Assert.True(JsonNode.DeepEquals(expected, actual),
+                        $"{type}: {field} is {expected?.ToJsonString()} in PEFT's merged config, {actual?.ToJsonString()} in ours.");
         }
     }
+
+    static JsonArray Sorted(JsonNode names) =>
+        new(names.AsArray().Select(t => t!.GetValue<string>()).Order(StringComparer.Ordinal).Select(n => (JsonNode?)JsonValue.Create(n)).ToArray());
 }
